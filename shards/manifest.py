@@ -1,0 +1,89 @@
+"""manifest.json: what a shard folder holds, rebuilt from the per-shard records under `.state/`
+(so parts running on several machines each bring it up to date, and the last one completes it)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import Counter
+
+STATE_DIR = ".state"
+MANIFEST = "manifest.json"
+FORMAT = "xkd-shards/1"
+
+
+def atomic_write_json(path: str, payload) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _load_records(state_dir: str) -> list[dict]:
+    records = []
+    for path in sorted(glob.glob(os.path.join(state_dir, "*-[0-9]*.json"))):
+        with open(path) as handle:
+            records.append(json.load(handle))
+    return records
+
+
+def build_manifest(out_dir: str) -> dict:
+    state_dir = os.path.join(out_dir, STATE_DIR)
+    with open(os.path.join(state_dir, "plan.json")) as handle:
+        plan = json.load(handle)
+    records = _load_records(state_dir)
+    shards, rejected, finals = [], list(plan["rejected_before_decoding"]), 0
+    samples = with_audio = 0
+    seconds = 0.0
+    positions = 0
+    for record in records:
+        rejected += record["rejected"]
+        positions += record["end"] - record["start"]
+        finals += record["final"]
+        if record["tar"]:
+            shard_seconds = sum(s["duration"] for s in record["samples"])
+            shards.append({"tar": record["tar"], "idx": record["idx"], "samples": len(record["samples"]),
+                           "bytes": record["bytes"], "hours": round(shard_seconds / 3600, 6)})
+            samples += len(record["samples"])
+            with_audio += sum(s["has_audio"] for s in record["samples"])
+            seconds += shard_seconds
+    options = plan["options"]
+    return {
+        "format": FORMAT,
+        # complete: every part finished and every planned input was either packed or rejected
+        "complete": finals == plan["parts"] and positions == plan["inputs"],
+        "parts": plan["parts"],
+        "options": options,
+        "video_extension": "mkv" if options["codec"] == "copy" else "mp4",
+        "members": ["mp4" if options["codec"] != "copy" else "mkv", "flac", "json"]
+        + (["cls"] if plan["classes"] else []),
+        "classes": plan["classes"],
+        "num_classes": len(plan["classes"]),
+        "inputs": plan["inputs"] + len(plan["rejected_before_decoding"]),
+        "samples": samples,
+        "samples_with_audio": with_audio,
+        "hours": round(seconds / 3600, 6),
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": sorted(shards, key=lambda s: s["tar"]),
+        "rejected_counts": dict(sorted(Counter(r["category"] for r in rejected).items())),
+        "rejected": sorted(rejected, key=lambda r: r["path"]),
+    }
+
+
+def write_manifest(out_dir: str) -> dict:
+    manifest = build_manifest(out_dir)
+    atomic_write_json(os.path.join(out_dir, MANIFEST), manifest)
+    return manifest
+
+
+def load_manifest(out_dir: str) -> dict:
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no manifest (is {out_dir} a shard folder made by `xkd shards create`?)")
+    with open(path) as handle:
+        manifest = json.load(handle)
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown manifest format {manifest.get('format')!r}")
+    return manifest

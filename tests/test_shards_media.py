@@ -1,0 +1,168 @@
+"""One video -> one sample: frame rate, size, GOP, audio, alignment, and every bad input."""
+import io
+import json
+
+import av
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import make_bad_inputs
+from shards.inputs import InputItem
+from shards.options import ShardOptions
+from shards.sample import Sample, make_sample
+from shards.synthetic import write_clip
+
+
+def sample_of(path, **options) -> Sample:
+    result = make_sample(InputItem(str(path), path.name, "k", "lbl"), ShardOptions(**options), {"lbl": 4})
+    assert isinstance(result, Sample), result
+    return result
+
+
+def decode_video(sample: Sample):
+    data = dict(sample.members)[sample.members[0][0]]
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = [(f.to_ndarray(format="rgb24"), f.key_frame, f.pict_type, f.pts) for f in container.decode(stream)]
+        return frames, stream
+
+
+def decode_audio(sample: Sample) -> np.ndarray:
+    audio, rate = soundfile.read(io.BytesIO(dict(sample.members)["flac"]), dtype="float32")
+    assert rate == 16000 and audio.ndim == 1
+    return audio
+
+
+def test_real_720p_h264_with_aac(bbb):
+    sample = sample_of(bbb)
+    meta = sample.meta
+    # 5.28 s at 25 fps -> 8 fps over the same span: 42 frames, 5.25 s
+    assert (meta["frames"], meta["fps"], meta["width"], meta["height"]) == (42, 8.0, 228, 128)
+    assert meta["duration"] == 5.25 and meta["audio_samples"] == 84000 and meta["has_audio"]
+    assert meta["source_info"] == {**meta["source_info"], "video_codec": "h264", "audio_codec": "aac",
+                                   "width": 1280, "height": 720, "audio_rate": 48000}
+    assert [ext for ext, _ in sample.members] == ["mp4", "flac", "json", "cls"]
+    assert dict(sample.members)["cls"] == b"4" and json.loads(dict(sample.members)["json"]) == meta
+    frames, stream = decode_video(sample)
+    assert len(frames) == 42 and frames[0][0].shape == (128, 228, 3)
+    assert stream.codec_context.name == "vp9" and stream.average_rate == 8
+    # closed 1 s GOP: a key frame every 8 frames
+    assert [i for i, f in enumerate(frames) if f[1]] == list(range(0, 42, 8))
+    audio = decode_audio(sample)
+    assert len(audio) == 84000 and np.abs(audio).max() > 0.01
+
+
+def test_audio_matches_the_source_soundtrack(bbb):
+    """Our 16 kHz mono track is the source's, averaged over channels, at the same times."""
+    with av.open(str(bbb)) as container:
+        resampler = av.AudioResampler(format="fltp", rate=16000)
+        chunks = [f.to_ndarray().mean(0) for frame in container.decode(audio=0) for f in resampler.resample(frame)]
+    reference = np.concatenate(chunks)[:84000]
+    ours = decode_audio(sample_of(bbb))[: len(reference)]
+    assert np.abs(ours - reference).max() < 2e-3  # 16-bit quantisation, nothing else
+
+
+@pytest.mark.parametrize("codec,name", [("h264", "h264"), ("hevc", "hevc")])
+def test_h264_and_hevc_have_short_closed_gops_without_b_frames(tmp_path, codec, name):
+    clip = write_clip(tmp_path / "c.mp4", seconds=3.0, fps=30)
+    sample = sample_of(tmp_path / "c.mp4", codec=codec)
+    frames, stream = decode_video(sample)
+    assert stream.codec_context.name == name and len(frames) == 24 == sample.meta["frames"]
+    assert [i for i, f in enumerate(frames) if f[1]] == [0, 8, 16]
+    assert all(f[2] != av.video.frame.PictureType.B for f in frames)
+    assert [f[3] for f in frames] == sorted(f[3] for f in frames)  # presentation order == decode order
+    assert clip
+
+
+def test_keep_fps_and_short_side(bbb):
+    sample = sample_of(bbb, fps="keep", short_side=256)
+    assert (sample.meta["frames"], sample.meta["fps"], sample.meta["width"], sample.meta["height"]) == (132, 25.0, 456, 256)
+
+
+def test_copy_keeps_the_source_stream_untouched(bbb):
+    sample = sample_of(bbb, codec="copy")
+    assert sample.members[0][0] == "mkv" and sample.meta["frames"] == 132 and sample.meta["width"] == 1280
+    with av.open(str(bbb)) as src:
+        source_packets = [bytes(p) for p in src.demux(video=0) if p.size]
+    with av.open(io.BytesIO(sample.members[0][1])) as copied:
+        copied_packets = [bytes(p) for p in copied.demux(video=0) if p.size]
+    assert copied_packets == source_packets
+    assert len(decode_audio(sample)) == round(132 / 25 * 16000)
+
+
+def test_odd_size_and_variable_frame_rate(tmp_path):
+    write_clip(tmp_path / "vfr.mkv", seconds=3.0, fps=25, vfr=True, width=175, height=143)
+    sample = sample_of(tmp_path / "vfr.mkv")
+    with av.open(str(tmp_path / "vfr.mkv")) as src:
+        times = [float(f.time) for f in src.decode(video=0)]
+    assert np.std(np.diff(times)) > 0.005  # the input really is variable-rate
+    span = times[-1] + 0.04 - times[0]  # the last frame lasts one nominal frame
+    assert sample.meta["frames"] == int(span * 8)
+    assert (sample.meta["width"], sample.meta["height"]) == (156, 128)  # even sides, short side 128
+    frames, stream = decode_video(sample)
+    assert len(frames) == sample.meta["frames"] and np.ptp(np.diff([f[3] for f in frames])) == 0  # constant rate
+
+
+def test_flash_and_click_land_at_the_same_time(tmp_path):
+    write_clip(tmp_path / "av.mp4", seconds=3.0, fps=25, flash_at=1.5, audio_rate=48000)
+    sample = sample_of(tmp_path / "av.mp4")
+    frames, _ = decode_video(sample)
+    brightness = [f[0].mean() for f in frames]
+    flash_time = int(np.argmax(brightness)) / 8
+    audio = decode_audio(sample)
+    click_time = int(np.argmax(np.abs(audio))) / 16000
+    assert flash_time == 1.5
+    assert abs(click_time - 1.5) < 0.01
+
+
+def test_stereo_44k_tone_becomes_16k_mono_at_the_same_pitch(tmp_path):
+    write_clip(tmp_path / "tone.mp4", seconds=2.0, audio_rate=44100, seed=0)  # 220 Hz
+    audio = decode_audio(sample_of(tmp_path / "tone.mp4"))
+    spectrum = np.abs(np.fft.rfft(audio[4000:20000]))
+    assert abs(np.argmax(spectrum) * 16000 / 16000 - 220) <= 1
+
+
+def test_missing_audio_can_be_kept_as_silence(tmp_path):
+    write_clip(tmp_path / "mute.avi", seconds=2.0, codec="mjpeg", audio="none")
+    sample = sample_of(tmp_path / "mute.avi", missing_audio="silence")
+    assert not sample.meta["has_audio"] and sample.meta["frames"] == 16
+    audio = decode_audio(sample)
+    assert len(audio) == 32000 and not audio.any()
+
+
+def test_every_bad_input_is_rejected_with_its_reason(tmp_path):
+    expected = make_bad_inputs(tmp_path)
+    for name, category in expected.items():
+        result = make_sample(InputItem(str(tmp_path / name), name, "k"), ShardOptions(), {})
+        assert not isinstance(result, Sample), name
+        assert (result.category, result.path) == (category, str(tmp_path / name)), result
+        assert result.reason
+    assert isinstance(make_sample(InputItem(str(tmp_path / "good.mp4"), "good.mp4", "k"), ShardOptions(), {}), Sample)
+    folder = tmp_path / "folder.mp4"
+    folder.mkdir()
+    assert make_sample(InputItem(str(folder), "folder.mp4", "k"), ShardOptions(), {}).category == "unreadable"
+
+
+def test_min_duration_is_an_option(tmp_path):
+    write_clip(tmp_path / "s.mp4", seconds=0.7)
+    assert sample_of(tmp_path / "s.mp4", min_duration=0.5).meta["frames"] == 5
+
+
+def test_constant_rate_sampler_picks_the_last_frame_at_or_before_each_time():
+    from fractions import Fraction
+
+    from shards.video import ConstantRateSampler
+
+    sampler = ConstantRateSampler(Fraction(4))  # outputs at 0, .25, .5, .75, ...
+    times = [0.0, 0.1, 0.3, 0.31, 0.74, 0.9]  # irregular: variable frame rate
+    out = []
+    for name, time in zip("abcdef", times):
+        out += sampler.push(name, time)
+    out += sampler.finish(1.05)
+    # t=0 -> a, .25 -> b, .5 -> d, .75 -> e, 1.0 would end at 1.25 > 1.05: not a whole period
+    assert out == ["a", "b", "d", "e"]
+    fresh = ConstantRateSampler(Fraction(4))
+    assert fresh.needs(0.31, 0.4)  # before the first frame: unsure, so decode
+    fresh.push("a", 0.0)
+    assert not fresh.needs(0.31, 0.4) and fresh.needs(0.45, 0.6)

@@ -1,0 +1,5 @@
+import sys
+
+from xkd.cli import main
+
+sys.exit(main())
