@@ -11,10 +11,10 @@ named `{name}-p{I}-{j}` and can run on different machines into one folder."""
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -131,12 +131,12 @@ def _completed_records(out_dir: str, prefix: str) -> list[dict]:
 
 def _remove_leftovers(out_dir: str, prefix: str, next_shard: int) -> None:
     """Temporary files of a killed run, and shards past the last record (renamed, not recorded)."""
-    for path in glob.glob(os.path.join(out_dir, f"{prefix}-[0-9]*")) + \
-            glob.glob(os.path.join(out_dir, STATE_DIR, f"{prefix}-[0-9]*")):
-        stem = os.path.basename(path).split(".")[0]
-        index = int(stem.rsplit("-", 1)[1])
-        if path.endswith(TMP_SUFFIX) or index >= next_shard:
-            os.remove(path)
+    ours = re.compile(rf"{re.escape(prefix)}-(\d{{6}})\.")
+    for folder in (out_dir, os.path.join(out_dir, STATE_DIR)):
+        for name in os.listdir(folder):
+            match = ours.match(name)
+            if match and (name.endswith(TMP_SUFFIX) or int(match.group(1)) >= next_shard):
+                os.remove(os.path.join(folder, name))
 
 
 class _PartWriter:

@@ -21,9 +21,9 @@ def atomic_write_json(path: str, payload) -> None:
     os.replace(tmp, path)
 
 
-def _load_records(state_dir: str) -> list[dict]:
+def _load_records(out_dir: str) -> list[dict]:
     records = []
-    for path in sorted(glob.glob(os.path.join(state_dir, "*-[0-9]*.json"))):
+    for path in _record_names(out_dir):
         with open(path) as handle:
             records.append(json.load(handle))
     return records
@@ -33,7 +33,7 @@ def build_manifest(out_dir: str) -> dict:
     state_dir = os.path.join(out_dir, STATE_DIR)
     with open(os.path.join(state_dir, "plan.json")) as handle:
         plan = json.load(handle)
-    records = _load_records(state_dir)
+    records = _load_records(out_dir)
     shards, rejected, finals = [], list(plan["rejected_before_decoding"]), 0
     samples = with_audio = 0
     seconds = 0.0
@@ -57,7 +57,7 @@ def build_manifest(out_dir: str) -> dict:
         "parts": plan["parts"],
         "options": options,
         "video_extension": "mkv" if options["codec"] == "copy" else "mp4",
-        "members": ["mp4" if options["codec"] != "copy" else "mkv", "flac", "json"]
+        "members": ["mp4" if options["codec"] != "copy" else "mkv", "flac", "json", "lengths"]
         + (["cls"] if plan["classes"] else []),
         "classes": plan["classes"],
         "num_classes": len(plan["classes"]),
@@ -72,10 +72,19 @@ def build_manifest(out_dir: str) -> dict:
     }
 
 
+def _record_names(out_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(out_dir, STATE_DIR, "*-[0-9]*.json")))
+
+
 def write_manifest(out_dir: str) -> dict:
-    manifest = build_manifest(out_dir)
-    atomic_write_json(os.path.join(out_dir, MANIFEST), manifest)
-    return manifest
+    """Parts finishing at the same moment could each write a manifest that misses the other's
+    last shard: rebuild until the records seen before and after writing agree."""
+    while True:
+        seen = _record_names(out_dir)
+        manifest = build_manifest(out_dir)
+        atomic_write_json(os.path.join(out_dir, MANIFEST), manifest)
+        if _record_names(out_dir) == seen:
+            return manifest
 
 
 def load_manifest(out_dir: str) -> dict:

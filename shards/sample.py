@@ -33,6 +33,11 @@ class Sample:
         return self.meta["duration"]
 
 
+def lengths_member(frames: int, audio_samples: int) -> bytes:
+    """The `.lengths` member: little-endian int32 [video frames, audio samples]."""
+    return np.array([frames, audio_samples], dtype="<i4").tobytes()
+
+
 class Rejected(Exception):
     def __init__(self, category: str, reason: str):
         super().__init__(reason)
@@ -142,6 +147,8 @@ def _make_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -
         (pass_.video_extension, pass_.video_bytes),
         ("flac", encode_flac(audio)),
         ("json", json.dumps(meta, sort_keys=True).encode()),
+        # what DALI needs before decoding (to pick a clip), and cannot read out of the JSON
+        ("lengths", lengths_member(pass_.frames, num_samples)),
     ]
     if label_id is not None:
         members.append(("cls", str(label_id).encode()))

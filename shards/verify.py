@@ -14,6 +14,7 @@ import soundfile
 
 from shards.manifest import load_manifest
 from shards.options import AUDIO_RATE
+from shards.sample import lengths_member
 from shards.tarwriter import read_index
 
 
@@ -44,20 +45,22 @@ def _check_audio(name: str, data: bytes, meta: dict) -> list[str]:
 
 
 def _check_sample(key: str, members: dict[str, bytes], expected: list[str]) -> list[str]:
-    if sorted(members) != sorted(expected):
-        return [f"{key}: members {sorted(members)}, expected {sorted(expected)}"]
     try:
         meta = json.loads(members["json"])
-    except ValueError as exc:
-        return [f"{key}.json: not valid JSON: {exc}"]
+    except (KeyError, ValueError) as exc:
+        return [f"{key}.json: missing or not valid JSON: {exc}"]
+    expected = [ext for ext in expected if ext != "cls" or meta.get("label_id") is not None]
+    if sorted(members) != sorted(expected):
+        return [f"{key}: members {sorted(members)}, expected {sorted(expected)}"]
     problems = [] if meta.get("key") == key else [f"{key}.json: key field is {meta.get('key')!r}"]
+    if members["lengths"] != lengths_member(meta["frames"], meta["audio_samples"]):
+        problems.append(f"{key}.lengths: does not match the JSON's frames and audio_samples")
     video_ext = expected[0]
-    for name, check in ((f"{key}.{video_ext}", lambda d: _check_video(f"{key}.{video_ext}", d, meta)),
-                        (f"{key}.flac", lambda d: _check_audio(f"{key}.flac", d, meta))):
+    for ext, check in ((video_ext, _check_video), ("flac", _check_audio)):
         try:
-            problems += check(members[name.rsplit(".", 1)[1]])
+            problems += check(f"{key}.{ext}", members[ext], meta)
         except Exception as exc:  # any decode failure is a finding, not a crash of verify
-            problems.append(f"{name}: does not decode: {type(exc).__name__}: {exc}")
+            problems.append(f"{key}.{ext}: does not decode: {type(exc).__name__}: {exc}")
     if "cls" in members and members["cls"].decode().strip() != str(meta.get("label_id")):
         problems.append(f"{key}.cls: {members['cls']!r}, json label_id {meta.get('label_id')}")
     return problems

@@ -98,20 +98,21 @@ def test_dali_reads_shards_with_the_index_and_decodes_on_cpu(shard_dir):
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipeline():
-        video, audio, meta, label = fn.readers.webdataset(
-            paths=paths, index_paths=index_paths, ext=["mp4", "flac", "json", "cls"],
+        video, audio, meta, lengths, label = fn.readers.webdataset(
+            paths=paths, index_paths=index_paths, ext=["mp4", "flac", "json", "lengths", "cls"],
             missing_component_behavior="error", name="reader")
         frames = fn.decoders.video(video, device="cpu")
         waveform, rate = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True)
-        return frames, waveform, rate, meta, label
+        return frames, waveform, rate, meta, label, fn.reinterpret(lengths, dtype=types.INT32)
 
     pipe = pipeline()
     pipe.build()
     assert pipe.epoch_size("reader") == 8
     seen = set()
     for _ in range(8):
-        frames, waveform, rate, meta, label = (np.array(o[0]) for o in pipe.run())
+        frames, waveform, rate, meta, label, lengths = (np.array(o[0]) for o in pipe.run())
         info = json.loads(meta.tobytes())
+        assert lengths.tolist() == [info["frames"], info["audio_samples"]]
         seen.add(info["key"])
         assert frames.shape == (info["frames"], info["height"], info["width"], 3)
         assert waveform.shape == (info["audio_samples"],) and float(rate) == 16000

@@ -42,7 +42,8 @@ def test_real_720p_h264_with_aac(bbb):
     assert meta["duration"] == 5.25 and meta["audio_samples"] == 84000 and meta["has_audio"]
     assert meta["source_info"] == {**meta["source_info"], "video_codec": "h264", "audio_codec": "aac",
                                    "width": 1280, "height": 720, "audio_rate": 48000}
-    assert [ext for ext, _ in sample.members] == ["mp4", "flac", "json", "cls"]
+    assert [ext for ext, _ in sample.members] == ["mp4", "flac", "json", "lengths", "cls"]
+    assert np.frombuffer(dict(sample.members)["lengths"], "<i4").tolist() == [42, 84000]
     assert dict(sample.members)["cls"] == b"4" and json.loads(dict(sample.members)["json"]) == meta
     frames, stream = decode_video(sample)
     assert len(frames) == 42 and frames[0][0].shape == (128, 228, 3)
