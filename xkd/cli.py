@@ -11,6 +11,7 @@ from xkd import __version__
 SUBCOMMANDS = {
     "shards": "shards.cli",
     "demo": "xkd.demo",
+    "import-weights": "xkd.import_weights_command",
 }
 
 

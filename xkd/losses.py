@@ -1,0 +1,215 @@
+"""XKD losses (spec section 3): cross-modal distillation with centring, MMD domain alignment,
+cross-modal attention refinement of teacher tokens, and the weighted total.
+
+Every loss is computed in fp32, also under autocast: the KD softmaxes and the MMD distance
+(||x||^2 ~ 8192 for LayerNorm-ed logits) lose too much precision in half precision.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from xkd.config import LossConfig
+from xkd.schedules import teacher_temperature
+
+
+def _fp32(fn):
+    """Run a loss with autocast off and tensor inputs in fp32."""
+
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        converted = {}  # by id, so that f(x, x) still receives one tensor twice
+
+        def to_fp32(a):
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                return converted.setdefault(id(a), a.float())
+            return a
+
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*[to_fp32(a) for a in args], **kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-modal knowledge distillation
+# --------------------------------------------------------------------------------------------
+
+
+class CrossModalDistillationLoss(nn.Module):
+    """DINO cross-entropy from one modality's teacher to the other modality's student.
+
+    The teacher output is centred with a running centre (a buffer, so it is checkpointed) and
+    sharpened; every (teacher chunk, student chunk) pair counts, none is skipped since the two
+    come from different modalities. The centre is updated after the loss from the raw teacher
+    output, with the batch mean averaged across ranks when torch.distributed is initialised.
+    """
+
+    def __init__(self, out_dim: int, center_momentum: float = 0.9):
+        super().__init__()
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, student_temp: float,
+                teacher_temp: float, update_center: bool = True) -> torch.Tensor:
+        """student (V * B, K): V views of the B clips; teacher (B, K): the one teacher view."""
+        loss = self._loss(student, teacher.detach(), self.center, student_temp, teacher_temp)
+        if update_center and self.training:
+            self.update_center(teacher)
+        return loss
+
+    @staticmethod
+    @_fp32
+    def _loss(student, teacher, center, student_temp, teacher_temp):
+        batch = teacher.shape[0]
+        if student.shape[0] % batch:
+            raise ValueError(f"student rows {student.shape[0]} are not a multiple of the teacher batch {batch}")
+        log_p = F.log_softmax(student / student_temp, dim=-1).reshape(-1, batch, student.shape[-1])
+        q = F.softmax((teacher - center) / teacher_temp, dim=-1)
+        # -sum_k q log p, averaged over every (student view, clip) pair
+        return -(q.unsqueeze(0) * log_p).sum(dim=-1).mean()
+
+    @torch.no_grad()
+    def update_center(self, teacher: torch.Tensor) -> None:
+        batch_sum = teacher.detach().float().sum(dim=0, keepdim=True)
+        count = teacher.shape[0]
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_sum)
+            count *= dist.get_world_size()  # equal per-rank batches, as DINO assumes
+        batch_center = batch_sum / count
+        self.center.mul_(self.center_momentum).add_(batch_center.to(self.center.dtype),
+                                                    alpha=1.0 - self.center_momentum)
+
+
+# --------------------------------------------------------------------------------------------
+# MMD domain alignment
+# --------------------------------------------------------------------------------------------
+
+
+@_fp32
+def gaussian_kernel_sum(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float]) -> torch.Tensor:
+    """sum_g exp(-g ||x_i - y_j||^2) for all pairs, (n_x, n_y)."""
+    sq_dist = x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1).unsqueeze(0) - 2.0 * x @ y.T
+    sq_dist = sq_dist.clamp_min(1e-30)
+    if x is y:  # exact zeros on the diagonal: the expansion above leaves rounding noise that gamma=1e3 amplifies
+        sq_dist = torch.where(torch.eye(len(x), dtype=torch.bool, device=x.device), 0.0, sq_dist)
+    # a Python loop over the few bandwidths: no host-to-device copy (and so no sync) per call
+    return sum(torch.exp(-gamma * sq_dist) for gamma in gammas)
+
+
+@_fp32
+def mmd(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float]) -> torch.Tensor:
+    """Biased (V-statistic) MMD^2 with a multi-bandwidth Gaussian kernel; sample sizes may differ."""
+    return (gaussian_kernel_sum(x, x, gammas).mean() + gaussian_kernel_sum(y, y, gammas).mean()
+            - 2.0 * gaussian_kernel_sum(x, y, gammas).mean())
+
+
+class MMDLoss(nn.Module):
+    def __init__(self, gammas: Sequence[float]):
+        super().__init__()
+        self.gammas = tuple(float(g) for g in gammas)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return mmd(x, y, self.gammas)
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-modal attention refinement of teacher tokens
+# --------------------------------------------------------------------------------------------
+
+
+@_fp32
+def cross_modal_attention(video_attn: torch.Tensor, audio_attn: torch.Tensor, mode: str = "mean"):
+    """Re-weight each modality's CLS attention (B, heads, N) by the other modality's.
+
+    'mean' (authors' cm_attn_mode, in closed form): v~ = v * mean(a) / mean(v) per head, and
+    symmetrically; 'softmax': v~ = softmax_i(v_i * mean(a)).
+    """
+    v_mean = video_attn.mean(dim=-1, keepdim=True)
+    a_mean = audio_attn.mean(dim=-1, keepdim=True)
+    if mode == "mean":
+        return video_attn * a_mean / v_mean, audio_attn * v_mean / a_mean
+    if mode == "softmax":
+        return (video_attn * a_mean).softmax(dim=-1), (audio_attn * v_mean).softmax(dim=-1)
+    raise ValueError(f"unknown cross-modal attention mode {mode!r}")
+
+
+def refine_tokens(tokens: torch.Tensor, head_weights: torch.Tensor) -> torch.Tensor:
+    """Energy-preserving refinement: F'_i = s * w_i * F_i with w_i = mean over heads.
+
+    s (per sample) makes ||mean_i F'_i|| equal ||mean_i F_i||, so the pooled vector is turned
+    towards the attended tokens without changing its norm. tokens (B, N, D), weights (B, heads, N).
+    """
+    weights = head_weights.mean(dim=1).unsqueeze(-1).to(tokens.dtype)  # (B, N, 1)
+    weighted = weights * tokens
+    plain_norm = tokens.mean(dim=1).float().norm(dim=-1)
+    weighted_norm = weighted.mean(dim=1).float().norm(dim=-1).clamp_min(1e-12)
+    scale = (plain_norm / weighted_norm).to(tokens.dtype).view(-1, 1, 1)
+    return scale * weighted
+
+
+def refined_pooling(video_tokens, audio_tokens, video_attn, audio_attn, mode: str = "mean"):
+    """Pooled teacher vectors (B, D) per modality: refined token mean, or plain mean for mode 'none'."""
+    if mode == "none":
+        return video_tokens.mean(dim=1), audio_tokens.mean(dim=1)
+    video_w, audio_w = cross_modal_attention(video_attn, audio_attn, mode)
+    return refine_tokens(video_tokens, video_w).mean(dim=1), refine_tokens(audio_tokens, audio_w).mean(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Weighted total
+# --------------------------------------------------------------------------------------------
+
+
+class XKDLoss(nn.Module):
+    """Combines the student and teacher outputs into every XKD loss term.
+
+    Holds the two KD centres (`kd_video_to_audio.center`, `kd_audio_to_video.center`).
+    """
+
+    def __init__(self, cfg: LossConfig, out_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.kd_video_to_audio = CrossModalDistillationLoss(out_dim, cfg.center_momentum)
+        self.kd_audio_to_video = CrossModalDistillationLoss(out_dim, cfg.center_momentum)
+        self.mmd = MMDLoss(cfg.mmd_gammas)
+
+    def teacher_temperatures(self, epoch: int) -> tuple[float, float]:
+        c = self.cfg
+        return (teacher_temperature(epoch, c.teacher_temp_video_warmup, c.teacher_temp_video, c.teacher_temp_warmup_epochs),
+                teacher_temperature(epoch, c.teacher_temp_audio_warmup, c.teacher_temp_audio, c.teacher_temp_warmup_epochs))
+
+    def forward(self, student: dict, teacher: dict, epoch: int = 0) -> dict[str, torch.Tensor]:
+        """student: video_logits (Vv*B, K), audio_logits (Va*B, K), recon_video, recon_audio;
+        teacher: video_logits (B, K), audio_logits (B, K). Returns every term and the total `loss`."""
+        c = self.cfg
+        temp_video, temp_audio = self.teacher_temperatures(epoch)
+        out: dict[str, torch.Tensor] = {}
+        out["loss_recon_video"] = student["recon_video"]
+        out["loss_recon_audio"] = student["recon_audio"]
+        out["loss_recon"] = (student["recon_video"] + student["recon_audio"]) / 2
+
+        out["loss_align_student"] = self.mmd(student["video_logits"], student["audio_logits"])
+        if c.mmd_teacher_term:
+            with torch.no_grad():
+                out["loss_align_teacher"] = self.mmd(teacher["video_logits"], teacher["audio_logits"])
+            out["loss_align"] = (out["loss_align_student"] + out["loss_align_teacher"]) / 2
+        else:
+            out["loss_align"] = out["loss_align_student"]
+
+        # video teacher -> audio student, audio teacher -> video student; no intra-modal term
+        out["loss_kd_video_to_audio"] = self.kd_video_to_audio(
+            student["audio_logits"], teacher["video_logits"], c.student_temp_audio, temp_video)
+        out["loss_kd_audio_to_video"] = self.kd_audio_to_video(
+            student["video_logits"], teacher["audio_logits"], c.student_temp_video, temp_audio)
+        out["loss_kd"] = (out["loss_kd_video_to_audio"] + out["loss_kd_audio_to_video"]) / 2
+
+        total_weight = c.align_coeff + c.cmkd_coeff + c.recon_coeff
+        out["loss"] = (c.align_coeff * out["loss_align"] + c.cmkd_coeff * out["loss_kd"]
+                       + c.recon_coeff * out["loss_recon"]) / total_weight
+        return out

@@ -1,0 +1,38 @@
+"""Per-iteration (or per-epoch) schedules as plain numpy arrays, DINO style (spec section 4)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, iters_per_epoch: int,
+                     warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
+    """Linear warm-up from start_warmup_value to base_value, then a cosine from base to final.
+
+    One value per iteration, length epochs * iters_per_epoch.
+    """
+    warmup_iters = warmup_epochs * iters_per_epoch
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
+    steps = np.arange(epochs * iters_per_epoch - warmup_iters)
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+    schedule = np.concatenate((warmup, cosine))
+    assert len(schedule) == epochs * iters_per_epoch
+    return schedule
+
+
+def ema_momentum_schedule(epochs: int, iters_per_epoch: int, base: float = 0.997, final: float = 1.0) -> np.ndarray:
+    """Teacher EMA momentum per iteration: cosine from 0.997 to 1, no warm-up (spec section 4)."""
+    return cosine_scheduler(base, final, epochs, iters_per_epoch)
+
+
+def teacher_temperature(epoch: int, warmup_value: float, final_value: float, warmup_epochs: int) -> float:
+    """Teacher temperature of an epoch: np.linspace(warmup, final, warmup_epochs), then final."""
+    if epoch < warmup_epochs:
+        return float(np.linspace(warmup_value, final_value, warmup_epochs)[epoch])
+    return float(final_value)
+
+
+def teacher_temperature_schedule(warmup_value: float, final_value: float, warmup_epochs: int, epochs: int,
+                                 iters_per_epoch: int = 1) -> np.ndarray:
+    """The per-epoch teacher temperature repeated for every iteration of the epoch."""
+    per_epoch = np.array([teacher_temperature(e, warmup_value, final_value, warmup_epochs) for e in range(epochs)])
+    return np.repeat(per_epoch, iters_per_epoch)

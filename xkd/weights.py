@@ -1,0 +1,167 @@
+"""Loading the authors' released XKD backbones (vid_student.pth.tar, aud_teacher.pth.tar, ...).
+
+Their files are torch.save'd state_dicts of VideoViT / AudioViT (spec section 7), possibly wrapped
+({"state_dict": ...}) or with a `module.` prefix. Key renaming onto our encoders:
+
+    cls_token                    -> cls_token
+    enc_pos_embed                -> pos_embed
+    cuboid_embed.proj.* (video)  -> patch_embed.proj.*
+    patch_embed.proj.*  (audio)  -> patch_embed.proj.*
+    encoder.blocks.L.*           -> blocks.L.*          (same names inside a block)
+    encoder_norm.*               -> norm.*
+
+Every key and shape must be accounted for; anything else is refused with the lists of missing,
+unexpected and mis-shaped keys.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any, Mapping
+
+import torch
+
+from xkd.config import ModelConfig, load_config
+
+RENAMES = (  # (authors' prefix, our prefix), first match wins
+    ("enc_pos_embed", "pos_embed"),
+    ("cuboid_embed.", "patch_embed."),
+    ("patch_embed.", "patch_embed."),
+    ("encoder.blocks.", "blocks."),
+    ("encoder_norm.", "norm."),
+    ("cls_token", "cls_token"),
+)
+WRAPPER_KEYS = ("state_dict", "model", "module", "backbone")
+FULL_CHECKPOINT_PARTS = ("vid_student", "vid_teacher", "aud_student", "aud_teacher")
+
+
+class WeightImportError(ValueError):
+    """A state_dict that does not match the expected backbone."""
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Peel {"state_dict": ...}-style wrappers and a leading `module.` from every key."""
+    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        key = next((k for k in WRAPPER_KEYS if k in obj), None)
+        if key is None:
+            raise WeightImportError(f"no state_dict found; top-level keys: {sorted(map(str, obj))[:20]}")
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise WeightImportError(f"expected a state_dict, got {type(obj).__name__}")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    while state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def select_part(state: dict[str, torch.Tensor], part: str | None) -> dict[str, torch.Tensor]:
+    """From a full training checkpoint, keep one network's backbone (`{part}.backbone.*`).
+
+    The key layout of the full checkpoint is inferred from the authors' wrapper classes; the released
+    backbone files need no `part`.
+    """
+    if part is None:
+        if any(k.startswith(f"{p}.") for p in FULL_CHECKPOINT_PARTS for k in state):
+            raise WeightImportError("this looks like a full training checkpoint; choose a network with "
+                                    f"--part {{{','.join(FULL_CHECKPOINT_PARTS)}}}")
+        return state
+    prefix = f"{part}.backbone."
+    selected = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not selected:
+        raise WeightImportError(f"no keys start with {prefix!r}")
+    return selected
+
+
+def detect_modality(state: Mapping[str, Any]) -> str:
+    if any(k.startswith("cuboid_embed.") for k in state):
+        return "video"
+    if any(k.startswith("patch_embed.") for k in state):
+        return "audio"
+    raise WeightImportError("cannot tell video from audio: no cuboid_embed.* (video) or patch_embed.* (audio) key")
+
+
+def rename_official_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Authors' key names -> ours; keys no rule covers are kept as they are (and later reported)."""
+    out = {}
+    for key, value in state.items():
+        for old, new in RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
+def infer_model_config(state: Mapping[str, Any], base: ModelConfig | None = None,
+                       num_heads: int | None = None) -> ModelConfig:
+    """Encoder width / depth / MLP ratio / qkv bias read from a renamed state_dict; input geometry
+    and head count from `base` (the paper's ViT-B preset by default) unless the width differs."""
+    base = base or load_config("xkd_base").model
+    try:
+        dim = state["cls_token"].shape[-1]
+        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, ValueError) as err:
+        raise WeightImportError(f"not an XKD backbone: cannot read width/depth ({err!r})") from None
+    heads = num_heads or (base.encoder.num_heads if dim == base.encoder.embed_dim else max(1, dim // 64))
+    encoder = replace(base.encoder, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=hidden / dim,
+                      qkv_bias="blocks.0.attn.qkv.bias" in state)
+    return replace(base, encoder=encoder)
+
+
+def official_key(key: str, modality: str) -> str:
+    """Our key -> the authors' name for it (for error messages)."""
+    embed = "cuboid_embed." if modality == "video" else "patch_embed."
+    for ours, theirs in (("pos_embed", "enc_pos_embed"), ("patch_embed.", embed), ("blocks.", "encoder.blocks."),
+                         ("norm.", "encoder_norm.")):
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    return key
+
+
+def check_state_dict(expected: Mapping[str, Any], actual: Mapping[str, Any], what: str = "backbone",
+                     name=lambda key: key) -> None:
+    """Raise WeightImportError listing missing, unexpected and mis-shaped keys (shapes compared).
+
+    `name` turns a key into the name shown to the user (e.g. the authors' original key).
+    """
+    missing = sorted(name(k) for k in set(expected) - set(actual))
+    unexpected = sorted(name(k) for k in set(actual) - set(expected))
+    mis_shaped = sorted(f"{name(k)}: file {tuple(actual[k].shape)} vs model {tuple(expected[k].shape)}"
+                        for k in set(expected) & set(actual) if tuple(expected[k].shape) != tuple(actual[k].shape))
+    if missing or unexpected or mis_shaped:
+        lines = [f"{what} does not match the model:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+        raise WeightImportError("\n".join(lines))
+
+
+def convert_official_backbone(state: Mapping[str, Any], base: ModelConfig | None = None,
+                              num_heads: int | None = None):
+    """Authors' backbone state_dict -> (modality, ModelConfig, our state_dict), fully checked."""
+    from xkd.models.encoders import build_encoder
+
+    modality = detect_modality(state)
+    renamed = rename_official_keys(state)
+    model_cfg = infer_model_config(renamed, base, num_heads)
+    with torch.device("meta"):  # shapes only; nothing is allocated
+        reference = build_encoder(modality, model_cfg).state_dict()
+    check_state_dict(reference, renamed, what=f"{modality} backbone", name=lambda k: official_key(k, modality))
+    return modality, model_cfg, renamed
+
+
+def load_official_file(path: str, part: str | None = None) -> dict[str, torch.Tensor]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return select_part(unwrap_state_dict(obj), part)
+
+
+def load_official_backbone(path: str, part: str | None = None, base: ModelConfig | None = None,
+                           num_heads: int | None = None):
+    """Read an authors' .pth.tar into one of our encoders. Returns (encoder, modality, model_cfg)."""
+    from xkd.models.encoders import build_encoder
+
+    modality, model_cfg, state = convert_official_backbone(load_official_file(path, part), base, num_heads)
+    encoder = build_encoder(modality, model_cfg)
+    encoder.load_state_dict(state, strict=True)
+    return encoder, modality, model_cfg
