@@ -9,6 +9,9 @@ import av
 import numpy as np
 
 
+FLASH_SECONDS = 0.125  # one frame at 8 fps, so a resampled copy keeps it
+
+
 def _pattern(index: int, width: int, height: int, seed: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width]
     phase = index * 0.15 + seed
@@ -25,7 +28,7 @@ def write_clip(path, *, seconds: float = 2.0, fps: float = 25, width: int = 160,
                audio_rate: int = 44100, flash_at: float | None = None, vfr: bool = False,
                seed: int = 0) -> str:
     """audio: 'tone', 'none' (no audio stream) or 'silent' (an all-zero track).
-    flash_at: a white frame and a 10 ms click at that time. vfr: irregular frame spacing."""
+    flash_at: white frames for FLASH_SECONDS and a 10 ms click, both starting at that time. vfr: irregular frame spacing."""
     rng = np.random.default_rng(seed)
     options = {"preset": "ultrafast"} if codec == "libx264" else {}
     with av.open(str(path), "w", format=container) as out:
@@ -44,8 +47,8 @@ def write_clip(path, *, seconds: float = 2.0, fps: float = 25, width: int = 160,
             t += (1 / fps) * (rng.uniform(0.5, 1.5) if vfr else 1.0)
         for index, time in enumerate(times):
             image = _pattern(index, width, height, seed)
-            if flash_at is not None and time <= flash_at < time + 1 / fps:
-                image[:] = 255
+            if flash_at is not None and time < flash_at + FLASH_SECONDS - 1e-9 and time + 1 / fps > flash_at + 1e-9:
+                image[:] = 255  # every frame shown during the flash
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = round(time * 1000), Fraction(1, 1000)
             out.mux(video.encode(frame))

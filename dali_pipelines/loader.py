@@ -1,0 +1,30 @@
+"""Entry points: a pretraining or evaluation loader over a shard set, on the GPU when one is given."""
+from __future__ import annotations
+
+import torch
+
+from dali_pipelines.config import DataConfig
+from dali_pipelines.iterator import BatchIterator
+from dali_pipelines.pretrain import output_names, pretrain_pipeline
+from dali_pipelines.shardset import ShardSet
+
+
+def _device_index(device) -> int | None:
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return (device.index or 0) if device.type == "cuda" else None
+
+
+def pretrain_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
+                    device=None, seed: int = 0, drop_last: bool = True) -> BatchIterator:
+    """Batch dicts of XKD views; rank `rank` of `world_size` reads its own share of the samples."""
+    shards = shards if isinstance(shards, ShardSet) else ShardSet.from_path(shards)
+    device_id = _device_index(device)
+    pipeline = pretrain_pipeline(shards, cfg, shard_id=rank, num_shards=world_size, gpu=device_id is not None,
+                                 batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id,
+                                 seed=seed * 1000 + rank, prefetch_queue_depth=2)
+    pipeline.build()
+    per_rank = shards.samples_per_rank(world_size)
+    batches = per_rank // cfg.batch_size if drop_last else None
+    if drop_last and batches == 0:
+        raise ValueError(f"{per_rank} samples per rank cannot fill one batch of {cfg.batch_size}")
+    return BatchIterator(pipeline, output_names(cfg), batches, drop_last, cfg.output_dtype)

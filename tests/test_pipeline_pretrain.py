@@ -1,0 +1,172 @@
+"""The DALI pretraining pipeline (on CPU here) and the reference loader: the XKD views, their
+shapes, dtypes and ranges, audio/video alignment, determinism, rank shares, padding of short
+clips, and errors that name the shard and key."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dali_pipelines.config import DataConfig
+from dali_pipelines.iterator import SampleDecodeError
+from dali_pipelines.loader import pretrain_loader
+from dali_pipelines.reference import SampleError, reference_loader
+from shards.synthetic import write_clip
+
+FLASH_AT = 3.0  # the flash clip: a white frame and a click at 3.0 s of 5.0 s
+
+
+@pytest.fixture(scope="session")
+def vp9_shards(tmp_path_factory):
+    from xkd.cli import main
+
+    videos = tmp_path_factory.mktemp("pipeline_videos")
+    write_clip(videos / "flash.mp4", seconds=5.0, fps=25, flash_at=FLASH_AT, width=192, height=144)
+    write_clip(videos / "short.mp4", seconds=2.0, fps=25, seed=1)  # < 4 s: padded
+    for index in range(8):
+        write_clip(videos / f"clip{index}.mp4", seconds=4.5 + index % 3, fps=30, seed=index + 2,
+                   width=176 + 16 * (index % 2), height=144)
+    out = tmp_path_factory.mktemp("pipeline_shards")
+    assert main(["shards", "create", str(videos), str(out), "--quiet", "--workers", "2",
+                 "--samples-per-shard", "3"]) == 0
+    return out
+
+
+def config(**overrides) -> DataConfig:
+    return DataConfig(**{"batch_size": 2, "num_threads": 1, **overrides})
+
+
+def first_batch(loader):
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("make", [pretrain_loader, reference_loader], ids=["dali", "reference"])
+def test_views_have_the_spec_shapes_dtypes_and_ranges(vp9_shards, make):
+    batch = first_batch(make(str(vp9_shards), config()))
+    assert [tuple(v.shape) for v in batch["video"]] == [(2, 3, 32, 112, 112), (2, 3, 8, 96, 96)]
+    assert [tuple(a.shape) for a in batch["audio"]] == [(2, 1, 80, 448), (2, 1, 80, 112)]
+    for view in batch["video"]:
+        assert view.dtype == torch.float32
+        # ImageNet-normalised [0, 1] pixels lie in [-2.12, 2.64]
+        assert -2.2 < view.min() and view.max() < 2.7 and view.std() > 0.1
+    floor = (np.log(1.1920929e-07) + 5.3688107) / 4.410007  # log-mel of silence, normalised
+    for view in batch["audio"]:
+        assert view.dtype == torch.float32 and torch.isfinite(view).all()
+        assert view.min() >= floor - 0.5 and view.max() < 10
+    assert batch["label"].dtype == torch.int64 and batch["label"].tolist() == [-1, -1]
+    assert len(batch["key"]) == 2
+
+
+def test_mas_preset_views_and_bf16(vp9_shards):
+    batch = first_batch(pretrain_loader(str(vp9_shards), config(local_video_views=3, output_dtype="bfloat16")))
+    assert len(batch["video"]) == 4 and len(batch["audio"]) == 2
+    assert all(v.dtype == torch.bfloat16 for v in batch["video"] + batch["audio"])
+
+
+def _flash_offsets(loader, epochs: int):
+    """(flash time in the video clip, click time in the audio clip) for every flash sample."""
+    found = []
+    for _ in range(epochs):
+        for batch in loader:
+            for row, key in enumerate(batch["key"]):
+                if key != "flash":
+                    continue
+                video = batch["video"][0][row].float().mean(dim=(0, 2, 3))  # brightness per frame
+                onset = int((video > (video.min() + video.max()) / 2).int().argmax())
+                audio = batch["audio"][0][row, 0].float().mean(dim=0)  # energy per mel frame
+                found.append((onset / 8, int(audio.argmax()) * 143 / 16000))
+    return found
+
+
+@pytest.mark.parametrize("make", [pretrain_loader, reference_loader], ids=["dali", "reference"])
+def test_flash_and_click_land_at_the_same_relative_time(vp9_shards, make):
+    cfg = config(shuffle_buffer=4)
+    cfg.global_video.brightness = cfg.global_video.contrast = 0.0  # keep the flash the brightest frame
+    found = _flash_offsets(make(str(vp9_shards), cfg, drop_last=False), epochs=3)
+    assert len(found) == 3
+    starts = {round(FLASH_AT - video, 3) for video, _ in found}
+    assert len(starts) > 1  # the clip start really is random
+    for video_time, audio_time in found:
+        assert abs(video_time - audio_time) < 0.07  # within one mel hop of the 1/8 s frame grid
+
+
+def test_same_seed_same_batches_other_seed_other_batches(vp9_shards):
+    one = first_batch(pretrain_loader(str(vp9_shards), config(), seed=3))
+    two = first_batch(pretrain_loader(str(vp9_shards), config(), seed=3))
+    other = first_batch(pretrain_loader(str(vp9_shards), config(), seed=4))
+    assert one["key"] == two["key"]
+    for a, b in zip(one["video"] + one["audio"], two["video"] + two["audio"]):
+        assert torch.equal(a, b)
+    assert one["key"] != other["key"] or not torch.equal(one["video"][0], other["video"][0])
+
+
+def test_ranks_share_every_sample_once_per_epoch(vp9_shards):
+    keys = []
+    for rank in range(2):
+        loader = pretrain_loader(str(vp9_shards), config(), rank=rank, world_size=2, drop_last=False)
+        keys.append([k for batch in loader for k in batch["key"]])
+    assert not set(keys[0]) & set(keys[1])
+    assert sorted(keys[0] + keys[1]) == sorted(["flash", "short"] + [f"clip{i}" for i in range(8)])
+    # for training every rank yields the same number of batches
+    lengths = [len(list(pretrain_loader(str(vp9_shards), config(batch_size=3), rank=r, world_size=2)))
+               for r in range(2)]
+    assert lengths == [1, 1]
+
+
+def test_epochs_come_in_a_new_order(vp9_shards):
+    loader = pretrain_loader(str(vp9_shards), config(), drop_last=False)
+    first = [k for batch in loader for k in batch["key"]]
+    second = [k for batch in loader for k in batch["key"]]
+    assert sorted(first) == sorted(second) and first != second
+
+
+def test_short_clips_are_padded_not_dropped(vp9_shards):
+    loader = pretrain_loader(str(vp9_shards), config(), drop_last=False)
+    for batch in loader:
+        if "short" in batch["key"]:
+            row = batch["key"].index("short")
+            video, audio = batch["video"][0][row], batch["audio"][0][row, 0]
+            assert video.shape[1] == 32
+            floor = (np.log(1.1920929e-07) + 5.3688107) / 4.410007
+            # 2 s of sound, then silence: the last mel frames sit at the log floor (+-jitter)
+            assert torch.allclose(audio[:, -100:], torch.full_like(audio[:, -100:], floor), atol=1e-3)
+            assert audio[:, :150].max(dim=0).values.min() > floor + 2  # every early frame holds the tone
+            return
+    pytest.fail("the short clip never came")
+
+
+def test_a_member_that_does_not_decode_is_named(vp9_shards, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(vp9_shards, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    tar = broken / manifest["shards"][0]["tar"]
+    fields = tar.with_suffix(".idx").read_text().splitlines()[1].split()
+    offset, size, name = int(fields[1]), int(fields[2]), fields[3]
+    data = bytearray(tar.read_bytes())
+    data[offset + 100:offset + size] = bytes(size - 100)
+    tar.write_bytes(bytes(data))
+    key = name.split(".")[0]
+    with pytest.raises(SampleDecodeError, match=f"{tar.name}: sample {key}: member .mp4"):
+        for _ in pretrain_loader(str(broken), config(), drop_last=False):
+            pass
+    with pytest.raises(Exception, match=key):
+        for _ in reference_loader(str(broken), config(), num_workers=0, drop_last=False):
+            pass
+    seen, skipped = [], []
+    for batch in reference_loader(str(broken), config(), num_workers=0, drop_last=False, skip_bad=True):
+        seen += batch["key"]
+        skipped += batch["skipped"]
+    assert len(seen) == 9 and key not in seen and len(skipped) == 1 and key in skipped[0]
+
+
+@pytest.mark.parametrize("preset", ["xkd_tiny", "xkd_mas_tiny"])
+def test_a_pipeline_batch_feeds_the_model(vp9_shards, preset):
+    from xkd.config import load_config
+    from xkd.models import build_xkd
+
+    cfg = load_config(preset, ["data.batch_size=2", "data.num_threads=1"])
+    batch = first_batch(pretrain_loader(str(vp9_shards), cfg.data))
+    assert len(batch["video"]) == 1 + cfg.data.local_video_views
+    losses = build_xkd(cfg)(batch["video"], batch["audio"], epoch=0)
+    assert torch.isfinite(losses["loss"]) and losses["loss"].requires_grad
