@@ -7,9 +7,10 @@ libx264's default settings (B-frames, like most web video). A bare PyAV transcod
 stream (decode + resize + encode, one thread, nothing else) is measured on the same file as a
 yardstick for the machine.
 
-    python benchmarks/bench_shards.py [--files 8] [--repeat 4]
+    python benchmarks/bench_shards.py [--files 8] [--copies 4] [--runs 3]
 
-The last line printed is one JSON object."""
+Each configuration runs `--runs` times and the median run counts (a shared 2-core VM is noisy:
+single runs swing by 20%); every run's time is in the JSON too. The last line printed is one JSON object."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from fractions import Fraction
@@ -115,24 +117,30 @@ def bare_transcode(path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=8, help="input files per corpus")
-    parser.add_argument("--repeat", type=int, default=4, help="copies of the 5.28 s clip per file")
+    parser.add_argument("--copies", type=int, default=4, help="copies of the 5.28 s clip per file")
+    parser.add_argument("--runs", type=int, default=3, help="runs per configuration; the median counts")
     args = parser.parse_args()
     av.logging.set_level(av.logging.PANIC)
     clip = source_clip()
     work = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     try:
-        seconds = make_corpus(work / "bbb", clip, args.files, args.repeat)
+        seconds = make_corpus(work / "bbb", clip, args.files, args.copies)
         reencode_with_b_frames(work / "bbb" / "v000.mp4", work / "bframes.mp4")
         (work / "bf").mkdir()
         for index in range(args.files):
             shutil.copy(work / "bframes.mp4", work / "bf" / f"v{index:03d}.mp4")
         print(f"corpus: {args.files} files x {seconds / args.files:.1f} s of 720p H.264 + AAC", flush=True)
 
-        bare = min(bare_transcode(work / "bbb" / "v000.mp4") for _ in range(2))
-        one = time_create(work / "bbb", work / "out", workers=1)
-        two = time_create(work / "bbb", work / "out", workers=2)
-        fast = time_create(work / "bbb", work / "out", workers=1, fast_decode=True)
-        bframes = time_create(work / "bf", work / "out", workers=1)
+        runs = {
+            "bare": [bare_transcode(work / "bbb" / "v000.mp4") for _ in range(args.runs)],
+            "1_worker": [time_create(work / "bbb", work / "out", workers=1) for _ in range(args.runs)],
+            "2_workers": [time_create(work / "bbb", work / "out", workers=2) for _ in range(args.runs)],
+            "fast_decode": [time_create(work / "bbb", work / "out", workers=1, fast_decode=True)
+                            for _ in range(args.runs)],
+            "bframes_source": [time_create(work / "bf", work / "out", workers=1) for _ in range(args.runs)],
+        }
+        bare, one, two, fast, bframes = (statistics.median(runs[k]) for k in
+                                         ("bare", "1_worker", "2_workers", "fast_decode", "bframes_source"))
         result = {
             "realtime_factor_per_worker": round(seconds / one, 2),
             "realtime_factor_2_workers": round(seconds / two, 2),
@@ -141,6 +149,7 @@ def main() -> None:
             "realtime_factor_per_worker_bframes_source": round(seconds / bframes, 2),
             "bare_pyav_transcode_realtime_factor": round(seconds / args.files / bare, 2),
             "video_seconds": round(seconds, 2),
+            "run_seconds": {k: [round(t, 2) for t in v] for k, v in runs.items()},
             "input": "bigbuckbunny.mp4 1280x720 H.264 25 fps + AAC 48 kHz, packets repeated",
             "output": "vp9 8 fps short side 128 + 16 kHz FLAC (defaults)",
             "cpu": platform.processor() or platform.machine(),

@@ -1,5 +1,5 @@
-"""Audio half of a sample: decode, resample to 16 kHz, average the channels to mono, cut to the
-video's time span, and store as 16-bit FLAC."""
+"""Audio half of a sample: decode, downmix to mono and resample to 16 kHz, cut to the video's time
+span, and store as 16-bit FLAC."""
 from __future__ import annotations
 
 import io
@@ -12,12 +12,12 @@ from shards.options import AUDIO_RATE
 
 
 class MonoResampler:
-    """Collects decoded audio frames as 16 kHz mono float32, remembering when the first one starts."""
+    """Collects decoded audio as 16 kHz mono, remembering when the first frame starts. The downmix
+    is FFmpeg's (swresample's standard matrix: for stereo the mean of the channels, for 5.1 the
+    centre and surrounds weighted, LFE dropped), as in the authors' loader (PyAV, mono, s16)."""
 
     def __init__(self):
-        # Keep the source layout here and average the channels ourselves: swresample's downmix
-        # weights depend on the layout, the authors' loader takes the plain mean.
-        self._resampler = av.AudioResampler(format="fltp", rate=AUDIO_RATE)
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
         self._chunks: list[np.ndarray] = []
         self.start_time: float | None = None
 
@@ -27,13 +27,14 @@ class MonoResampler:
         self._take(self._resampler.resample(frame))
 
     def _take(self, frames) -> None:
-        for out in frames:
-            planes = out.to_ndarray()  # (channels, samples) for planar float
-            self._chunks.append(planes.mean(axis=0, dtype=np.float32))
+        self._chunks += [out.to_ndarray()[0] for out in frames]
 
     def finish(self) -> np.ndarray:
+        """The waveform as float32 in [-1, 1)."""
         self._take(self._resampler.resample(None))
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        if not self._chunks:
+            return np.zeros(0, np.float32)
+        return np.concatenate(self._chunks).astype(np.float32) / 32768.0
 
 
 def fit_to_span(samples: np.ndarray, offset_s: float, num_samples: int) -> tuple[np.ndarray, float, float]:
@@ -53,7 +54,7 @@ def fit_to_span(samples: np.ndarray, offset_s: float, num_samples: int) -> tuple
 
 
 def encode_flac(audio: np.ndarray) -> bytes:
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+    pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
     buffer = io.BytesIO()
     soundfile.write(buffer, pcm, AUDIO_RATE, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
