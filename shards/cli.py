@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     media.add_argument("--min-duration", type=float, default=1.1, help="reject videos shorter than this (seconds)")
     media.add_argument("--missing-audio", default="skip", choices=("skip", "silence"),
                        help="videos without (audible) audio: reject, or keep with a silent track")
+    media.add_argument("--audio-only", action="store_true",
+                       help="sound datasets (ESC-50 ...): take audio files (and videos' soundtracks), "
+                            "write FLAC + JSON only")
     media.add_argument("--fast-decode", action="store_true",
                        help="skip H.264/HEVC deblocking while decoding: faster, slightly blurrier (see README)")
     layout = create.add_argument_group("shards")
@@ -63,7 +66,7 @@ def register(subparsers) -> None:
 
 def run_create(args) -> int:
     from shards.create import Part, PlanMismatch, create_shards
-    from shards.inputs import InputError, load_inputs
+    from shards.inputs import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, InputError, load_inputs
     from shards.options import ShardOptions, parse_size
     from shards.verify import format_stats
 
@@ -73,15 +76,18 @@ def run_create(args) -> int:
             min_duration=args.min_duration, missing_audio=args.missing_audio,
             samples_per_shard=args.samples_per_shard,
             shard_size=parse_size(args.shard_size) if args.shard_size else None,
-            seed=args.seed, shuffle=not args.no_shuffle, name=args.name, fast_decode=args.fast_decode)
+            seed=args.seed, shuffle=not args.no_shuffle, name=args.name, fast_decode=args.fast_decode,
+            audio_only=args.audio_only)
         part = Part.parse(args.part)
+        extensions = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if args.audio_only else VIDEO_EXTENSIONS
         inputs = load_inputs(args.input, labels=args.labels, classes_file=args.classes,
-                             split_lists=args.split_list, split=args.split)
+                             split_lists=args.split_list, split=args.split, extensions=extensions)
     except (ValueError, InputError) as exc:
         print(f"xkd shards create: {exc}", file=sys.stderr)
         return 2
     if not inputs.items:
-        print(f"xkd shards create: no video found in {args.input}", file=sys.stderr)
+        print(f"xkd shards create: no {'audio or video' if args.audio_only else 'video'} file found in "
+              f"{args.input}", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv", ".wmv", ".ts",
 }
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus"}
 KEY_MAX_LEN = 90  # keeps every tar member name within ustar's 100 characters
 _HMDB_SPLIT_FILE = re.compile(r"_test_split\d+\.txt$")
 _HMDB_SPLIT_IDS = {"train": "1", "test": "2", "unused": "0"}
@@ -66,6 +67,7 @@ def load_inputs(
     classes_file: str | None = None,
     split_lists: list[str] | None = None,
     split: str | None = None,
+    extensions: set[str] = VIDEO_EXTENSIONS,
 ) -> InputSet:
     """labels: 'auto' (parent folder for nested folder inputs, the manifest's column otherwise),
     'folder', 'manifest' or 'none'. split_lists: UCF101 train/testlist files or HMDB51
@@ -73,7 +75,7 @@ def load_inputs(
     has a `split` column, `split` selects rows."""
     source = Path(source)
     if source.is_dir():
-        rows, rejected = _rows_from_folder(source, labels)
+        rows, rejected = _rows_from_folder(source, labels, extensions)
     elif source.is_file() and source.suffix.lower() in (".csv", ".jsonl", ".json"):
         rows, rejected = _rows_from_manifest(source, labels)
     elif source.exists():
@@ -97,14 +99,14 @@ def load_inputs(
 # Sources
 
 
-def _rows_from_folder(root: Path, labels: str) -> tuple[list[dict], list[Rejection]]:
+def _rows_from_folder(root: Path, labels: str, extensions: set[str]) -> tuple[list[dict], list[Rejection]]:
     if labels not in ("auto", "folder", "none"):
         raise InputError(f"--labels {labels}: a folder input takes auto, folder or none")
     rows, rejected = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith(".") or Path(name).suffix.lower() not in VIDEO_EXTENSIONS:
+            if name.startswith(".") or Path(name).suffix.lower() not in extensions:
                 continue
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()

@@ -7,6 +7,8 @@ import json
 import os
 from collections import Counter
 
+from shards.options import ShardOptions
+
 STATE_DIR = ".state"
 MANIFEST = "manifest.json"
 FORMAT = "xkd-shards/1"
@@ -56,9 +58,9 @@ def build_manifest(out_dir: str) -> dict:
         "complete": finals == plan["parts"] and positions == plan["inputs"],
         "parts": plan["parts"],
         "options": options,
-        "video_extension": "mkv" if options["codec"] == "copy" else "mp4",
-        "members": ["mp4" if options["codec"] != "copy" else "mkv", "flac", "json", "lengths"]
-        + (["cls"] if plan["classes"] else []),
+        "has_video": not options["audio_only"],
+        "video_extension": None if options["audio_only"] else ("mkv" if options["codec"] == "copy" else "mp4"),
+        "members": ShardOptions(**options).members + (["cls"] if plan["classes"] else []),
         "classes": plan["classes"],
         "num_classes": len(plan["classes"]),
         "inputs": plan["inputs"] + len(plan["rejected_before_decoding"]),

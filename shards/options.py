@@ -26,6 +26,7 @@ class ShardOptions:
     shuffle: bool = True
     name: str = "shard"
     fast_decode: bool = False  # skip the H.264/HEVC deblocking filter while decoding (see README)
+    audio_only: bool = False  # sound datasets (ESC-50, ...): audio files in, FLAC + JSON out, no video
 
     def __post_init__(self):
         if self.codec not in CODECS:
@@ -48,6 +49,12 @@ class ShardOptions:
             raise ValueError("--min-duration must be >= 0")
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.name):
             raise ValueError(f"--name {self.name!r}: letters, digits, '_' and '-' only")
+
+    @property
+    def members(self) -> list[str]:
+        """Members of every sample, in tar order (plus `cls` when labelled)."""
+        video = [] if self.audio_only else ["mkv" if self.codec == "copy" else "mp4"]
+        return video + ["flac", "json", "lengths"]
 
     @property
     def target_fps(self) -> Fraction | None:

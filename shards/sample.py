@@ -46,7 +46,7 @@ class Rejected(Exception):
 
 def make_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -> Sample | Rejection:
     try:
-        return _make_sample(item, opts, classes)
+        return (_make_audio_sample if opts.audio_only else _make_sample)(item, opts, classes)
     except Rejected as rejected:
         return Rejection(item.path, rejected.reason, rejected.category)
     except av.error.FFmpegError as exc:
@@ -76,13 +76,69 @@ def _declared_duration(container, stream) -> float | None:
     return None
 
 
-def _make_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -> Sample:
+def _open(item: InputItem):
     _check_readable(item.path)
     try:
-        container = av.open(item.path, metadata_errors="ignore")
+        return av.open(item.path, metadata_errors="ignore")
     except av.error.FFmpegError as exc:
-        raise Rejected("corrupt", f"cannot open as a video (corrupt, truncated or not a video): {exc.strerror or exc}") from None
-    with container:
+        raise Rejected("corrupt", f"cannot open as media (corrupt, truncated or not a media file): "
+                                  f"{exc.strerror or exc}") from None
+
+
+def _check_span(span: float, declared: float | None, decoded: float, opts: ShardOptions) -> None:
+    if span < opts.min_duration:
+        raise Rejected("too_short", f"too short: {span:.2f} s decoded < --min-duration {opts.min_duration} s")
+    if declared is not None and decoded < TRUNCATION_TOLERANCE * declared - 0.5:
+        raise Rejected("truncated", f"truncated: decoded {decoded:.2f} s of {declared:.2f} s declared")
+
+
+def _check_declared(declared: float | None, opts: ShardOptions) -> None:
+    if declared is not None and declared < opts.min_duration:
+        raise Rejected("too_short", f"too short: {declared:.2f} s < --min-duration {opts.min_duration} s")
+
+
+def _label_fields(item: InputItem, classes: dict[str, int]) -> tuple[dict, list[tuple[str, bytes]]]:
+    label_id = classes.get(item.label) if item.label is not None else None
+    fields = {"key": item.key, "source": item.rel, "source_path": item.path, "label": item.label,
+              "label_id": label_id}
+    return fields, ([] if label_id is None else [("cls", str(label_id).encode())])
+
+
+def _make_audio_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -> Sample:
+    """--audio-only: the whole soundtrack, 16 kHz mono FLAC; no video member."""
+    with _open(item) as container:
+        stream = container.streams.best("audio")
+        if stream is None:
+            raise Rejected("no_audio", "no audio stream")
+        declared = _declared_duration(container, stream)
+        _check_declared(declared, opts)
+        stream.codec_context.thread_count = 1
+        resampler = MonoResampler()
+        try:
+            for frame in container.decode(stream):
+                resampler.push(frame)
+        except av.error.FFmpegError as exc:
+            raise Rejected("corrupt", f"audio decode failed: {exc.strerror or exc}") from None
+        audio = resampler.finish()
+    span = len(audio) / AUDIO_RATE
+    _check_span(span, declared, span, opts)
+    peak = float(np.abs(audio).max())
+    if peak == 0.0:
+        raise Rejected("silent_audio", "audio track is silent (every sample is zero)")
+    fields, label_member = _label_fields(item, classes)
+    meta = {**fields, "duration": round(span, 6), "frames": 0, "has_audio": True, "audio_rate": AUDIO_RATE,
+            "audio_samples": len(audio), "audio_peak": round(peak, 6),
+            "source_info": {"container": container.format.name, "audio_codec": stream.codec_context.name,
+                            "audio_rate": stream.codec_context.sample_rate,
+                            "audio_channels": stream.codec_context.channels,
+                            "duration": None if declared is None else round(declared, 6)}}
+    members = [("flac", encode_flac(audio)), ("json", json.dumps(meta, sort_keys=True).encode()),
+               ("lengths", lengths_member(0, len(audio)))] + label_member
+    return Sample(key=item.key, members=members, meta=meta)
+
+
+def _make_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -> Sample:
+    with _open(item) as container:
         video_stream = container.streams.best("video")
         if video_stream is None:
             raise Rejected("no_video", "no video stream")
@@ -90,8 +146,7 @@ def _make_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -
         if audio_stream is None and opts.missing_audio == "skip":
             raise Rejected("no_audio", "no audio stream (use --missing-audio silence to keep it)")
         declared = _declared_duration(container, video_stream)
-        if declared is not None and declared < opts.min_duration:
-            raise Rejected("too_short", f"too short: {declared:.2f} s < --min-duration {opts.min_duration} s")
+        _check_declared(declared, opts)
         fps = opts.target_fps or video_stream.average_rate or video_stream.guessed_rate
         if not fps:
             raise Rejected("corrupt", "cannot determine the source frame rate")
@@ -102,10 +157,7 @@ def _make_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -
     span = pass_.frames / fps
     if pass_.frames == 0:
         raise Rejected("corrupt", "no decodable video frame")
-    if span < opts.min_duration:
-        raise Rejected("too_short", f"too short: {float(span):.2f} s decoded < --min-duration {opts.min_duration} s")
-    if declared is not None and pass_.source_span < TRUNCATION_TOLERANCE * declared - 0.5:
-        raise Rejected("truncated", f"truncated: decoded {pass_.source_span:.2f} s of {declared:.2f} s declared")
+    _check_span(float(span), declared, pass_.source_span, opts)
 
     num_samples = round(span * AUDIO_RATE)
     has_audio = audio_stream is not None and pass_.audio_start is not None
@@ -121,13 +173,9 @@ def _make_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -
             raise Rejected("no_audio", "audio stream has no decodable audio")
         audio, pad_start, pad_end, peak = np.zeros(num_samples, np.float32), 0.0, 0.0, 0.0
 
-    label_id = classes.get(item.label) if item.label is not None else None
+    fields, label_member = _label_fields(item, classes)
     meta = {
-        "key": item.key,
-        "source": item.rel,
-        "source_path": item.path,
-        "label": item.label,
-        "label_id": label_id,
+        **fields,
         "duration": round(float(span), 6),
         "fps": round(float(fps), 6),
         "fps_fraction": f"{fps.numerator}/{fps.denominator}",
@@ -149,9 +197,7 @@ def _make_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -
         ("json", json.dumps(meta, sort_keys=True).encode()),
         # what DALI needs before decoding (to pick a clip), and cannot read out of the JSON
         ("lengths", lengths_member(pass_.frames, num_samples)),
-    ]
-    if label_id is not None:
-        members.append(("cls", str(label_id).encode()))
+    ] + label_member
     return Sample(key=item.key, members=members, meta=meta)
 
 

@@ -55,8 +55,8 @@ def _check_sample(key: str, members: dict[str, bytes], expected: list[str]) -> l
     problems = [] if meta.get("key") == key else [f"{key}.json: key field is {meta.get('key')!r}"]
     if members["lengths"] != lengths_member(meta["frames"], meta["audio_samples"]):
         problems.append(f"{key}.lengths: does not match the JSON's frames and audio_samples")
-    video_ext = expected[0]
-    for ext, check in ((video_ext, _check_video), ("flac", _check_audio)):
+    checks = [(ext, _check_video) for ext in expected if ext in ("mp4", "mkv")] + [("flac", _check_audio)]
+    for ext, check in checks:
         try:
             problems += check(f"{key}.{ext}", members[ext], meta)
         except Exception as exc:  # any decode failure is a finding, not a crash of verify
@@ -135,8 +135,9 @@ def format_stats(manifest: dict) -> str:
         f"samples:  {manifest['samples']} ({manifest['samples_with_audio']} with audio) of {manifest['inputs']} inputs",
         f"hours:    {manifest['hours']:.3f}",
         f"classes:  {manifest['num_classes']}",
-        f"video:    {manifest['options']['codec']}, {manifest['options']['fps']} fps, "
-        f"short side {manifest['options']['short_side']}",
+        ("video:    none (audio only)" if not manifest.get("has_video", True) else
+         f"video:    {manifest['options']['codec']}, {manifest['options']['fps']} fps, "
+         f"short side {manifest['options']['short_side']}"),
         f"rejected: {sum(manifest['rejected_counts'].values())}"
         + "".join(f"\n  {category}: {count}" for category, count in manifest["rejected_counts"].items()),
     ]

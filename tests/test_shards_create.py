@@ -246,7 +246,35 @@ def test_verify_finds_damage(shard_dir, run_cli, tmp_path, capsys):
 def test_no_videos_and_bad_arguments_exit_2(run_cli, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli("shards", "create", tmp_path / "empty", tmp_path / "o") == 2
-    assert "no video found" in capsys.readouterr().err
+    assert "no video file found" in capsys.readouterr().err
     assert run_cli("shards", "create", tmp_path / "empty", tmp_path / "o", "--part", "3/2") == 2
     assert run_cli("shards", "create", tmp_path / "empty", tmp_path / "o", "--shard-size", "lots") == 2
     assert run_cli("shards", "stats", tmp_path / "nothing") == 2
+
+
+def test_audio_only_shards_for_sound_datasets(run_cli, tmp_path):
+    """ESC-50-like: WAV files in class folders (plus a video whose soundtrack is taken)."""
+    import soundfile
+
+    source = tmp_path / "esc"
+    for label, freq in (("dog", 440), ("rain", 880)):
+        (source / label).mkdir(parents=True)
+        for index in range(2):
+            tone = 0.3 * np.sin(2 * np.pi * freq * np.arange(44100 * 5) / 44100)
+            soundfile.write(source / label / f"{label}{index}.wav", tone.astype(np.float32), 44100)
+    write_clip(source / "dog" / "video.mp4", seconds=2.0)
+    soundfile.write(source / "rain" / "quiet.wav", np.zeros(44100 * 2, np.float32), 44100)
+    manifest = create(run_cli, source, tmp_path / "out", "--audio-only")
+    assert manifest["samples"] == 5 and manifest["rejected_counts"] == {"silent_audio": 1}
+    assert not manifest["has_video"] and manifest["members"] == ["flac", "json", "lengths", "cls"]
+    assert verify(str(tmp_path / "out"))["problems"] == []
+    import webdataset as wds
+    for sample in wds.WebDataset([str(p) for p in sorted((tmp_path / "out").glob("*.tar"))], shardshuffle=False,
+                                 empty_check=False):
+        meta = json.loads(sample["json"])
+        assert {k for k in sample if not k.startswith("__")} == {"flac", "json", "lengths", "cls"}
+        assert np.frombuffer(sample["lengths"], "<i4").tolist() == [0, meta["audio_samples"]]
+        if meta["key"] == "dog__video":  # AAC ends on a whole 1024-sample frame
+            assert abs(meta["audio_samples"] - 32000) < 1024
+        else:
+            assert meta["audio_samples"] == 80000
