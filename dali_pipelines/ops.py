@@ -28,6 +28,16 @@ def random_int(low: int, high: int):
     return fn.random.uniform(values=list(range(low, high + 1)), dtype=types.INT32)
 
 
+def floor_int(x):
+    """int32 of floor(x): DALI's cast rounds to nearest, Python's int() (the authors') truncates."""
+    return fn.cast(dmath.floor(x), dtype=types.INT32)
+
+
+def random_index(count):
+    """One integer per sample, uniform in [0, count) for a per-sample count >= 1."""
+    return floor_int(uniform(0.0, 1.0 - 1e-6) * fn.cast(count, dtype=types.FLOAT))
+
+
 def coin(probability: float):
     return fn.random.coin_flip(probability=probability, dtype=types.INT32)
 
@@ -96,11 +106,9 @@ def _random_resize_crop(spec, view: AudioViewConfig, mel: MelConfig, num_frames:
     canvas_width = int(num_frames * view.canvas_time_factor)
     offset = (canvas_width - num_frames) // 2
     low, high = view.crop_scale
-    height = dmath.clamp(fn.cast(uniform(low, high) * bins, dtype=types.INT32), 1, bins)
-    width = dmath.clamp(fn.cast(uniform(low, high) * num_frames, dtype=types.INT32), 1, canvas_width)
-    top = fn.cast(uniform(0.0, 1.0 - 1e-6) * fn.cast(bins - height + 1, dtype=types.FLOAT), dtype=types.INT32)
-    left = fn.cast(uniform(0.0, 1.0 - 1e-6) * fn.cast(canvas_width - width + 1, dtype=types.FLOAT),
-                   dtype=types.INT32)
+    height = dmath.clamp(floor_int(uniform(low, high) * bins), 1, bins)
+    width = dmath.clamp(floor_int(uniform(low, high) * num_frames), 1, canvas_width)
+    top, left = random_index(bins - height + 1), random_index(canvas_width - width + 1)
     crop = fn.slice(spec, fn.stack(top, left - offset), fn.stack(height, width), axes=[0, 1],
                     out_of_bounds_policy="pad", fill_values=0.0)
     crop = fn.expand_dims(fn.reshape(crop, layout="HW"), axes=[2], new_axis_names="C")  # resize wants images

@@ -11,7 +11,7 @@ import nvidia.dali.math as dmath
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipelines.config import DataConfig
-from dali_pipelines.ops import audio_view, output_type, random_int, uniform, video_view
+from dali_pipelines.ops import audio_view, output_type, random_index, random_int, video_view
 from dali_pipelines.shardset import ShardSet
 
 READER = "reader"
@@ -30,14 +30,15 @@ def read_shards(shards: ShardSet, cfg: DataConfig, shard_id: int, num_shards: in
 @pipeline_def(enable_conditionals=False)
 def pretrain_pipeline(shards: ShardSet, cfg: DataConfig, shard_id: int = 0, num_shards: int = 1,
                       gpu: bool = False):
+    if not shards.has_video:
+        raise ValueError("pretraining needs video and audio; these shards were made with --audio-only")
     video_bytes, flac, meta, lengths = read_shards(shards, cfg, shard_id, num_shards, training=True)
     dtype = output_type(cfg.output_dtype)
     clip_frames = round(cfg.fps * cfg.clip_seconds)
     samples_per_frame = cfg.mel.sample_rate // cfg.fps
 
     # one start for both modalities: video frame `start` is audio sample `start * sr / fps`
-    room = fn.cast(dmath.max(lengths[0] - clip_frames + 1, 1), dtype=types.FLOAT)
-    start = fn.cast(uniform(0.0, 1.0 - 1e-6) * room, dtype=types.INT32)
+    start = random_index(dmath.max(lengths[0] - clip_frames + 1, 1))
     frames = fn.decoders.video(video_bytes, device="mixed" if gpu else "cpu", start_frame=start,
                                sequence_length=clip_frames, pad_mode="edge")
 

@@ -46,7 +46,8 @@ class ShardSet:
         tars = tuple(os.path.join(folder, s["tar"]) for s in manifest["shards"])
         indexes = tuple(os.path.join(folder, s["idx"]) for s in manifest["shards"])
         return cls._checked(tars, indexes, manifest["samples"], folder,
-                            video_extension=manifest.get("video_extension", "mp4"))
+                            video_extension=manifest.get("video_extension") or "mp4",
+                            has_video=manifest.get("has_video", True))
 
     @classmethod
     def _checked(cls, tars, indexes, samples, where, **extra) -> "ShardSet":

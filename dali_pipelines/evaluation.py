@@ -1,0 +1,122 @@
+"""The evaluation pipeline: deterministic, no random augmentation. Each video gives N clips whose
+starts are spread uniformly over it (the same instants in its audio), each clip in 1 centre crop
+or 3 crops along the long side; audio-only shard sets give N windows of the soundtrack. Scores are
+averaged per video by the caller, using the key and the clip/crop layout of the batch:
+
+    video: (B, N, crops, 3, T, S, S)    audio: (B, N, 1, mel_bins, frames)
+    label: (B,)    key: B strings    clip_index: (N,)    crop_index: (crops,)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+
+from dali_pipelines.config import DataConfig
+from dali_pipelines.iterator import BatchIterator
+from dali_pipelines.loader import _device_index
+from dali_pipelines.ops import floor_int, log_mel, output_type
+from dali_pipelines.pretrain import READER
+from dali_pipelines.shardset import ShardSet
+
+MODALITIES = ("both", "video", "audio")
+
+
+def _uniform_starts(length, window: int, clips: int):
+    """Starts (clips,) int32 spread from 0 to max(length - window, 0), both ends included."""
+    room = fn.cast(length - window, dtype=types.FLOAT)
+    room = room * fn.cast(room > 0, dtype=types.FLOAT)
+    steps = types.Constant(np.arange(clips, dtype=np.float32) / max(clips - 1, 1))
+    return floor_int(steps * room)  # like numpy's linspace(...).astype(int)
+
+
+def _crops(frames, cfg: DataConfig, dtype):
+    """(F, H, W, C) -> (crops, C, F, S, S). 1 crop: short side to S/0.875, centre crop (the
+    authors' test transform); 3 crops: short side to S, left/centre/right (top/centre/bottom)."""
+    size = cfg.eval_size
+    positions = [0.5] if cfg.eval_crops == 1 else [0.0, 0.5, 1.0]
+    shorter = round(size / 0.875) if cfg.eval_crops == 1 else size
+    frames = fn.resize(frames, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
+    views = [fn.crop_mirror_normalize(frames, crop=[size, size], crop_pos_x=p, crop_pos_y=p, output_layout="CFHW",
+                                      dtype=dtype, mean=[255 * m for m in cfg.mean], std=[255 * s for s in cfg.std])
+             for p in positions]
+    return fn.stack(*views)
+
+
+@pipeline_def(enable_conditionals=False)
+def eval_pipeline(shards: ShardSet, cfg: DataConfig, modality: str = "both", shard_id: int = 0,
+                  num_shards: int = 1, gpu: bool = False):
+    use_video = modality in ("both", "video")
+    use_audio = modality in ("both", "audio")
+    if use_video and not shards.has_video:
+        raise ValueError("these shards hold no video (made with --audio-only): use modality='audio'")
+    exts = ([shards.video_extension] if use_video else []) + (["flac"] if use_audio else []) + ["json", "lengths"]
+    members = fn.readers.webdataset(paths=list(shards.tars), index_paths=list(shards.indexes), ext=exts,
+                                    missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
+                                    random_shuffle=False, pad_last_batch=True, name=READER)
+    members = dict(zip(exts, members))
+    lengths = fn.reinterpret(members["lengths"], dtype=types.INT32)
+    dtype = output_type(cfg.output_dtype)
+    clips, clip_frames = cfg.eval_clips, round(cfg.fps * cfg.clip_seconds)
+    clip_samples = round(cfg.clip_seconds * cfg.mel.sample_rate)
+    outputs = []
+    if shards.has_video:  # clips start on the video's frames; the audio windows follow them
+        starts = _uniform_starts(lengths[0], clip_frames, clips)
+        audio_starts = starts * (cfg.mel.sample_rate // cfg.fps)
+    else:
+        audio_starts = _uniform_starts(lengths[1], clip_samples, clips)
+    if use_video:
+        offsets = types.Constant(np.arange(clip_frames, dtype=np.int32).reshape(1, clip_frames))
+        frame_ids = fn.reshape(fn.reshape(starts, shape=[clips, 1]) + offsets, shape=[clips * clip_frames])
+        frames = fn.decoders.video(members[shards.video_extension], device="mixed" if gpu else "cpu",
+                                   frames=frame_ids, pad_mode="edge")
+        outputs.append(_crops(frames, cfg, dtype))
+    if use_audio:
+        waveform, _ = fn.decoders.audio(members["flac"], dtype=types.FLOAT, downmix=True,
+                                        sample_rate=cfg.mel.sample_rate)
+        windows = [fn.slice(waveform, audio_starts[k], clip_samples, axes=[0], out_of_bounds_policy="pad",
+                            fill_values=0.0) for k in range(clips)]
+        if gpu:
+            windows = [w.gpu() for w in windows]
+        outputs.append(fn.cast(fn.stack(*[log_mel(w, cfg.mel) for w in windows]), dtype=dtype))
+    return (*outputs, fn.pad(members["json"], fill_value=0))
+
+
+class EvalIterator(BatchIterator):
+    """Batch dicts in the layout of the module docstring; every sample exactly once per epoch."""
+
+    def __init__(self, pipeline, names, cfg: DataConfig):
+        super().__init__(pipeline, names, batches_per_epoch=None, drop_last=False, dtype=cfg.output_dtype)
+        self.cfg = cfg
+
+    def _to_batch(self, outputs: dict) -> dict:
+        batch = super()._to_batch(outputs)
+        cfg = self.cfg
+        if batch["video"]:  # (B, crops, C, N*T, S, S) -> (B, N, crops, C, T, S, S)
+            video = batch["video"][0]
+            b, crops, c, _, h, w = video.shape
+            video = video.reshape(b, crops, c, cfg.eval_clips, -1, h, w).permute(0, 3, 1, 2, 4, 5, 6)
+            batch["video"] = [video]
+        if batch["audio"]:  # (B, N, mel_bins, frames) -> (B, N, 1, mel_bins, frames)
+            batch["audio"] = [batch["audio"][0].unsqueeze(2)]
+        batch["clip_index"] = torch.arange(cfg.eval_clips)
+        batch["crop_index"] = torch.arange(cfg.eval_crops)
+        return batch
+
+
+def eval_loader(shards: str | ShardSet, cfg: DataConfig, *, modality: str = "both", rank: int = 0,
+                world_size: int = 1, device=None) -> EvalIterator:
+    if modality not in MODALITIES:
+        raise ValueError(f"modality {modality!r}: choose one of {MODALITIES}")
+    if cfg.eval_crops not in (1, 3):
+        raise ValueError(f"eval_crops {cfg.eval_crops}: 1 or 3")
+    shards = shards if isinstance(shards, ShardSet) else ShardSet.from_path(shards)
+    if not shards.has_video and modality == "both":
+        modality = "audio"
+    device_id = _device_index(device)
+    pipeline = eval_pipeline(shards, cfg, modality, shard_id=rank, num_shards=world_size,
+                             gpu=device_id is not None, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                             device_id=device_id, seed=0)
+    pipeline.build()
+    names = (["video0"] if modality in ("both", "video") else []) + (["audio0"] if modality != "video" else [])
+    return EvalIterator(pipeline, names + ["meta"], cfg)
