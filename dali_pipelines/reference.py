@@ -162,6 +162,8 @@ class ReferenceDataset(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         stride = self.world_size * workers
         mine = list(self.shards.tars[self.rank * workers + worker_id::stride])
+        if not mine:  # more ranks x workers than shards: this one idles
+            return
         rng = np.random.default_rng([self.seed, self.rank, worker_id, self.epoch])
         torch.manual_seed(int(rng.integers(2**31)))  # torchvision's transforms draw from torch
         order = rng.permutation(len(mine))

@@ -1,0 +1,130 @@
+"""Data loading speed: clips/s of the DALI pretraining pipeline and of the reference loader
+(webdataset + PyAV + torchvision + torchaudio in a DataLoader) on the same shards, with the same
+CPU threads / workers, and their memory over a long run.
+
+    python benchmarks/bench_pipeline.py                 # makes 128-px VP9 shards with the shard tool
+    python benchmarks/bench_pipeline.py --shards DIR    # or reads yours
+    python benchmarks/bench_pipeline.py --device cuda   # DALI decodes on the GPU (default when there is one)
+
+Each loader runs `--warmup` batches, then `--batches` timed batches (epochs repeat as needed);
+resident memory (the process and its workers) is sampled every batch: the JSON gives the peak and
+the growth between the first and the last quarter of the timed run. The last line printed is one
+JSON object. A GPU figure is also written to benchmarks/results/."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from dali_pipelines.config import DataConfig
+from dali_pipelines.loader import pretrain_loader
+from dali_pipelines.reference import reference_loader
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_shards(folder: Path, clips: int) -> Path:
+    from shards.synthetic import write_clip
+    from xkd.cli import main
+
+    videos = folder / "videos"
+    videos.mkdir(parents=True)
+    for index in range(clips):
+        write_clip(videos / f"clip{index:03d}.mp4", seconds=6.0, fps=30, width=320, height=240, seed=index)
+    out = folder / "shards"
+    if main(["shards", "create", str(videos), str(out), "--quiet", "--samples-per-shard", "16"]):
+        raise SystemExit("could not make the benchmark shards")
+    return out
+
+
+def rss_mib() -> float:
+    process = psutil.Process()
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def measure(loader, batch_size: int, warmup: int, batches: int, device) -> dict:
+    stream = endless(loader)
+    for _ in range(warmup):
+        next(stream)
+    memory, started = [], time.perf_counter()
+    for _ in range(batches):
+        batch = next(stream)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        memory.append(rss_mib())
+        assert batch["video"][0].shape[0] == batch_size
+    elapsed = time.perf_counter() - started
+    quarter = max(1, len(memory) // 4)
+    return {"clips_per_s": round(batches * batch_size / elapsed, 2),
+            "peak_rss_mib": round(max(memory), 1),
+            "rss_growth_mib": round(statistics.mean(memory[-quarter:]) - statistics.mean(memory[:quarter]), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", default=None, help="a shard folder (default: make --clips clips)")
+    parser.add_argument("--clips", type=int, default=48, help="clips of 6 s to shard when --shards is not given")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="DALI CPU threads = reference DataLoader workers")
+    parser.add_argument("--warmup", type=int, default=20, help="batches before timing (buffers reach steady size)")
+    parser.add_argument("--batches", type=int, default=60)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    scratch = None if args.shards else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    shards = args.shards or str(make_shards(scratch, args.clips))
+    cfg = DataConfig(batch_size=args.batch_size, num_threads=args.threads)
+
+    dali = measure(pretrain_loader(shards, cfg, device=device), args.batch_size, args.warmup, args.batches, device)
+    print(f"dali: {dali}", flush=True)
+    reference = measure(reference_loader(shards, cfg, num_workers=args.threads), args.batch_size, args.warmup,
+                        args.batches, torch.device("cpu"))
+    print(f"reference: {reference}", flush=True)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    result = {
+        "dali_clips_per_s": dali["clips_per_s"],
+        "reference_clips_per_s": reference["clips_per_s"],
+        "ratio": round(dali["clips_per_s"] / reference["clips_per_s"], 3),
+        "device": name,
+        "batch_size": args.batch_size,
+        "threads_or_workers": args.threads,
+        "timed_batches": args.batches,
+        "dali_peak_rss_mib": dali["peak_rss_mib"],
+        "dali_rss_growth_mib": dali["rss_growth_mib"],
+        "reference_peak_rss_mib": reference["peak_rss_mib"],
+        "reference_rss_growth_mib": reference["rss_growth_mib"],
+        "views": "XKD: global 32x112 + 1 local 8x96 video, 80x448 + 80x112 audio",
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"pipeline_{name.replace(' ', '_')}.json"
+        out.write_text(json.dumps({**result, "command": "python benchmarks/bench_pipeline.py"}, indent=1))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

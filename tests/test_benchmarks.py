@@ -1,0 +1,33 @@
+"""Every benchmark runs end to end (here with tiny sizes) and ends with its JSON line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = {
+    "bench_shards.py": (["--files", "2", "--copies", "1", "--runs", "1"],
+                        {"realtime_factor_per_worker", "speedup_2_workers"}),
+    "bench_pipeline.py": (["--clips", "6", "--batch-size", "2", "--warmup", "1", "--batches", "2"],
+                          {"dali_clips_per_s", "reference_clips_per_s", "ratio", "device"}),
+    "bench_model.py": (["--variants", "xkd", "--iters", "1", "--warmup", "1", "--batch-size", "2",
+                        "--attention-batch", "2"],
+                       {"clips_per_s", "gflops_per_clip", "sdpa_speedup_attention", "sdpa_speedup_step",
+                        "device", "preset"}),
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_prints_its_json_last(script):
+    args, keys = CASES[script]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert keys <= set(last), sorted(keys - set(last))
+    assert all(last[k] > 0 for k in keys if isinstance(last[k], (int, float)))
