@@ -15,7 +15,7 @@ from nvidia.dali import fn, pipeline_def, types
 from dali_pipelines.config import DataConfig
 from dali_pipelines.iterator import BatchIterator
 from dali_pipelines.loader import _device_index
-from dali_pipelines.ops import floor_int, log_mel, output_type
+from dali_pipelines.ops import floor_int, log_mel, output_type, padded_json
 from dali_pipelines.pretrain import READER
 from dali_pipelines.shardset import ShardSet
 
@@ -79,7 +79,7 @@ def eval_pipeline(shards: ShardSet, cfg: DataConfig, modality: str = "both", sha
         if gpu:
             windows = [w.gpu() for w in windows]
         outputs.append(fn.cast(fn.stack(*[log_mel(w, cfg.mel) for w in windows]), dtype=dtype))
-    return (*outputs, fn.pad(members["json"], fill_value=0))
+    return (*outputs, padded_json(members["json"]))
 
 
 class EvalIterator(BatchIterator):

@@ -66,7 +66,7 @@ class BatchIterator:
         batch = {
             "video": [convert(outputs[n]) for n in self.names if n.startswith("video")],
             "audio": [convert(outputs[n]) for n in self.names if n.startswith("audio")],
-            "label": labels.to(outputs["meta"].device),
+            "label": labels.to(next(t.device for n, t in outputs.items() if n != "meta")),
             "key": keys,
             "skipped": [],  # the reference loader can skip undecodable members; DALI stops instead
         }

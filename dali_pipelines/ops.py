@@ -28,6 +28,13 @@ def random_int(low: int, high: int):
     return fn.random.uniform(values=list(range(low, high + 1)), dtype=types.INT32)
 
 
+def padded_json(meta):
+    """JSON members zero-padded to a multiple of 4 KiB: an output whose shape changes from batch to
+    batch makes the iterator reallocate its buffer every batch, which fragments host memory (RSS
+    kept growing by ~300 MiB over 480 batches; with the padding it stays flat)."""
+    return fn.pad(meta, fill_value=0, align=4096)
+
+
 def floor_int(x):
     """int32 of floor(x): DALI's cast rounds to nearest, Python's int() (the authors') truncates."""
     return fn.cast(dmath.floor(x), dtype=types.INT32)

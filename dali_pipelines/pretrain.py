@@ -11,7 +11,7 @@ import nvidia.dali.math as dmath
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipelines.config import DataConfig
-from dali_pipelines.ops import audio_view, output_type, random_index, random_int, video_view
+from dali_pipelines.ops import audio_view, output_type, padded_json, random_index, random_int, video_view
 from dali_pipelines.shardset import ShardSet
 
 READER = "reader"
@@ -24,7 +24,7 @@ def read_shards(shards: ShardSet, cfg: DataConfig, shard_id: int, num_shards: in
         ext=[shards.video_extension, "flac", "json", "lengths"], missing_component_behavior="error",
         shard_id=shard_id, num_shards=num_shards, random_shuffle=training, initial_fill=cfg.shuffle_buffer,
         pad_last_batch=True, stick_to_shard=False, name=READER)
-    return video, audio, fn.pad(meta, fill_value=0), fn.reinterpret(lengths, dtype=types.INT32)
+    return video, audio, padded_json(meta), fn.reinterpret(lengths, dtype=types.INT32)
 
 
 @pipeline_def(enable_conditionals=False)
