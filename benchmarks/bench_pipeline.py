@@ -88,8 +88,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="DALI CPU threads = reference DataLoader workers")
-    parser.add_argument("--warmup", type=int, default=20, help="batches before timing (buffers reach steady size)")
-    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=60, help="batches before timing (DALI buffers reach their steady size)")
+    parser.add_argument("--batches", type=int, default=120)
     args = parser.parse_args()
     device = torch.device(args.device)
     scratch = None if args.shards else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))

@@ -148,7 +148,6 @@ class _PartWriter:
         self.writer: ShardWriter | None = None
         self.samples: list[dict] = []
         self.rejected: list[dict] = []
-        self.shards_written = 0
 
     def add(self, position: int, result) -> None:
         if isinstance(result, Rejection):
@@ -180,7 +179,6 @@ class _PartWriter:
             record["bytes"] = self.writer.commit()
             record["tar"] = os.path.basename(self.writer.tar_path)
             record["idx"] = os.path.basename(self.writer.idx_path)
-            self.shards_written += 1
         if self.writer is not None or final:
             atomic_write_json(_record_path(self.out_dir, self.prefix, self.shard_index), record)
             self.shard_index += 1
