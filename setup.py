@@ -17,7 +17,8 @@ INSTALL_REQUIRES = TORCH + [
     "soundfile==0.14.0",
     "tqdm==4.70.1",
     "PyYAML==6.0.3",
-    "safetensors>=0.4",
+    "safetensors==0.8.0",
+    "psutil==7.2.2",  # benchmarks: memory of a process and its workers
 ]
 TEST_REQUIRES = ["pytest==9.0.3", "scikit-video==1.1.11"]
 
