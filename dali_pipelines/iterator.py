@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -17,6 +18,11 @@ from dali_pipelines.pretrain import READER
 class SampleDecodeError(RuntimeError):
     """A shard member that fails to decode, named by shard and key."""
 
+    def __init__(self, tar: str, key: str, extension: str):
+        super().__init__(f"{os.path.basename(tar)}: sample {key}: member .{extension} does not decode "
+                         f"(shard {tar}; find every bad member with `xkd shards verify`)")
+        self.tar, self.key = tar, key
+
 
 # DALI names the failing member as "<tar path>:<offset>:<key>.<ext>" in its error text
 _DALI_SOURCE = re.compile(r'"([^"]+\.tar):(\d+):([^".]+)\.([^"]+)"')
@@ -26,9 +32,8 @@ def explain_dali_error(error: Exception) -> Exception:
     match = _DALI_SOURCE.search(str(error))
     if not match:
         return error
-    tar, _, key, ext = match.groups()
-    return SampleDecodeError(f"{os.path.basename(tar)}: sample {key}: member .{ext} does not decode "
-                             f"(shard {tar}; find every bad member with `xkd shards verify`)")
+    tar, _, key, extension = match.groups()
+    return SampleDecodeError(tar, key, extension)
 
 
 def parse_meta(meta: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -43,19 +48,48 @@ def parse_meta(meta: torch.Tensor) -> tuple[list[str], torch.Tensor]:
 
 class BatchIterator:
     """Iterates one epoch of batch dicts per `iter()`. With `drop_last`, every rank yields the same
-    number of batches (that of the smallest rank share), as DDP/DeepSpeed need."""
+    number of batches (that of the smallest rank share), as DDP/DeepSpeed need.
 
-    def __init__(self, pipeline, names: list[str], batches_per_epoch: int | None, drop_last: bool,
-                 dtype: str = "float32"):
+    `pipeline_factory(excluded)` builds the DALI pipeline without the (tar, key) samples in
+    `excluded`. With `skip_bad`, a sample that does not decode is named (in `skipped`, in the next
+    batch's "skipped" list, and as a warning), left out, and the pipeline rebuilt without it; the
+    run goes on. After such a rebuild an epoch is the next `len(self)` batches of the stream (so
+    every rank still yields the same count); without `skip_bad` the error stops the iteration."""
+
+    def __init__(self, pipeline_factory, names: list[str], batches_per_epoch: int | None, drop_last: bool,
+                 dtype: str = "float32", skip_bad: bool = False):
         self.names = names
         self.batches_per_epoch = batches_per_epoch
         self.cast = torch.bfloat16 if dtype == "bfloat16" else None
-        try:  # the iterator runs the first batch right away
-            self._dali = DALIGenericIterator(
-                [pipeline], names, reader_name=READER, auto_reset=True,
-                last_batch_policy=LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL)
-        except RuntimeError as error:
-            raise explain_dali_error(error) from error
+        self.skipped: list[str] = []
+        self._factory, self._skip_bad = pipeline_factory, skip_bad
+        self._policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
+        self._excluded: set[tuple[str, str]] = set()
+        self._unreported: list[str] = []
+        self._windowed = False  # epochs are windows of the stream after a rebuild
+        self._dali = self._start()
+
+    def _start(self) -> DALIGenericIterator:
+        while True:
+            try:  # the iterator runs the first batch right away
+                return DALIGenericIterator([self._factory(frozenset(self._excluded))], self.names,
+                                           reader_name=READER, auto_reset=True, last_batch_policy=self._policy)
+            except RuntimeError as error:
+                self._record(error)
+
+    def _record(self, error: RuntimeError) -> None:
+        explained = explain_dali_error(error)
+        if not (self._skip_bad and isinstance(explained, SampleDecodeError)):
+            raise explained from error
+        self._excluded.add((explained.tar, explained.key))
+        self.skipped.append(str(explained))
+        self._unreported.append(str(explained))
+        warnings.warn(f"skipped: {explained}", stacklevel=3)
+
+    def _recover(self, error: RuntimeError) -> None:
+        self._record(error)
+        self._dali = self._start()
+        self._windowed = True
 
     def __len__(self) -> int:
         return self.batches_per_epoch if self.batches_per_epoch is not None else len(self._dali)
@@ -68,20 +102,29 @@ class BatchIterator:
             "audio": [convert(outputs[n]) for n in self.names if n.startswith("audio")],
             "label": labels.to(next(t.device for n, t in outputs.items() if n != "meta")),
             "key": keys,
-            "skipped": [],  # the reference loader can skip undecodable members; DALI stops instead
+            "skipped": self._unreported,  # members left out since the previous batch
         }
+        self._unreported = []
         return batch
 
     def __iter__(self):
         yielded = 0
-        while True:
+        while self.batches_per_epoch is None or yielded < self.batches_per_epoch:
             try:
                 outputs = next(self._dali)
             except StopIteration:
+                if self._windowed and self.batches_per_epoch is not None:
+                    continue  # the rebuilt stream's epoch ended: go on filling this one
                 return
             except RuntimeError as error:
-                raise explain_dali_error(error) from error
-            if self.batches_per_epoch is not None and yielded >= self.batches_per_epoch:
-                continue  # drain this rank's extra batch so the next epoch starts clean
+                self._recover(error)
+                continue
             yielded += 1
             yield self._to_batch(outputs[0])
+        while not self._windowed:  # drain this rank's extra batch so the next epoch starts clean
+            try:
+                next(self._dali)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                self._recover(error)

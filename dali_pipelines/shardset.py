@@ -58,6 +58,26 @@ class ShardSet:
                 raise ShardSetError(f"{path}: listed shard is missing")
         return cls(tars=tars, indexes=indexes, samples=samples, **extra)
 
+    def without(self, excluded, folder: str) -> "ShardSet":
+        """This set minus the (tar, key) samples in `excluded`, through filtered index files
+        written to `folder` (the tars are untouched)."""
+        tars, indexes, samples = [], [], self.samples
+        for tar, index in zip(self.tars, self.indexes):
+            bad = {key for bad_tar, key in excluded if bad_tar == tar}
+            if bad:
+                with open(index) as handle:
+                    lines = handle.read().splitlines()[1:]
+                kept = [line for line in lines if line.split()[3].split(".", 1)[0] not in bad]
+                samples -= len(lines) - len(kept)
+                if not kept:
+                    continue
+                index = os.path.join(folder, f"{len(indexes):06d}-{os.path.basename(index)}")
+                with open(index, "w") as handle:
+                    handle.write(f"v1.2 {len(kept)}\n" + "".join(line + "\n" for line in kept))
+            tars.append(tar)
+            indexes.append(index)
+        return ShardSet(tuple(tars), tuple(indexes), samples, self.video_extension, self.has_video)
+
     def samples_per_rank(self, num_ranks: int) -> int:
         """Samples every rank gets (DALI splits by sample count; the smallest share)."""
         return self.samples // num_ranks

@@ -159,6 +159,15 @@ def test_a_member_that_does_not_decode_is_named(vp9_shards, tmp_path):
         skipped += batch["skipped"]
     assert len(seen) == 9 and key not in seen and len(skipped) == 1 and key in skipped[0]
 
+    # DALI with skip_bad: the sample is named, left out, and training goes on with equal epochs
+    loader = pretrain_loader(str(broken), config(), skip_bad=True)
+    with pytest.warns(UserWarning, match=f"skipped: {tar.name}: sample {key}"):
+        epochs = [[batch for batch in loader] for _ in range(3)]
+    assert [len(epoch) for epoch in epochs] == [len(loader)] * 3 == [5] * 3
+    keys = [k for epoch in epochs for batch in epoch for k in batch["key"]]
+    assert key not in keys and len(set(keys)) == 9
+    assert len(loader.skipped) == 1 and sum(len(b["skipped"]) for e in epochs for b in e) <= 1
+
 
 @pytest.mark.parametrize("preset", ["xkd_tiny", "xkd_mas_tiny"])
 def test_a_pipeline_batch_feeds_the_model(vp9_shards, preset):
