@@ -17,12 +17,12 @@ from dali_pipelines.shardset import ShardSet
 READER = "reader"
 
 
-def read_shards(shards: ShardSet, cfg: DataConfig, shard_id: int, num_shards: int, training: bool):
-    """(video bytes, flac bytes, json bytes, [frames, audio samples]) per sample."""
+def read_shards(shards: ShardSet, cfg: DataConfig, shard_id: int, num_shards: int):
+    """(video bytes, flac bytes, json bytes, [frames, audio samples]) per sample, shuffled."""
     video, audio, meta, lengths = fn.readers.webdataset(
         paths=list(shards.tars), index_paths=list(shards.indexes),
         ext=[shards.video_extension, "flac", "json", "lengths"], missing_component_behavior="error",
-        shard_id=shard_id, num_shards=num_shards, random_shuffle=training, initial_fill=cfg.shuffle_buffer,
+        shard_id=shard_id, num_shards=num_shards, random_shuffle=True, initial_fill=cfg.shuffle_buffer,
         pad_last_batch=True, stick_to_shard=False, name=READER)
     return video, audio, padded_json(meta), fn.reinterpret(lengths, dtype=types.INT32)
 
@@ -32,7 +32,7 @@ def pretrain_pipeline(shards: ShardSet, cfg: DataConfig, shard_id: int = 0, num_
                       gpu: bool = False):
     if not shards.has_video:
         raise ValueError("pretraining needs video and audio; these shards were made with --audio-only")
-    video_bytes, flac, meta, lengths = read_shards(shards, cfg, shard_id, num_shards, training=True)
+    video_bytes, flac, meta, lengths = read_shards(shards, cfg, shard_id, num_shards)
     dtype = output_type(cfg.output_dtype)
     clip_frames = round(cfg.fps * cfg.clip_seconds)
     samples_per_frame = cfg.mel.sample_rate // cfg.fps

@@ -52,6 +52,7 @@ def build_manifest(out_dir: str) -> dict:
             with_audio += sum(s["has_audio"] for s in record["samples"])
             seconds += shard_seconds
     options = plan["options"]
+    members = ShardOptions(**options).members
     return {
         "format": FORMAT,
         # complete: every part finished and every planned input was either packed or rejected
@@ -59,8 +60,8 @@ def build_manifest(out_dir: str) -> dict:
         "parts": plan["parts"],
         "options": options,
         "has_video": not options["audio_only"],
-        "video_extension": None if options["audio_only"] else ("mkv" if options["codec"] == "copy" else "mp4"),
-        "members": ShardOptions(**options).members + (["cls"] if plan["classes"] else []),
+        "video_extension": None if options["audio_only"] else members[0],
+        "members": members + (["cls"] if plan["classes"] else []),
         "classes": plan["classes"],
         "num_classes": len(plan["classes"]),
         "inputs": plan["inputs"] + len(plan["rejected_before_decoding"]),

@@ -53,6 +53,7 @@ class ShardOptions:
     @property
     def members(self) -> list[str]:
         """Members of every sample, in tar order (plus `cls` when labelled)."""
+        # the video container: MP4 for what we encode, Matroska (any codec) for --codec copy
         video = [] if self.audio_only else ["mkv" if self.codec == "copy" else "mp4"]
         return video + ["flac", "json", "lengths"]
 

@@ -1,5 +1,6 @@
-"""One input video -> one shard sample (video + FLAC audio + JSON + class), or a rejection with
-its reason. Runs inside the worker processes; never raises for a bad input."""
+"""One input -> one shard sample (video + FLAC audio + JSON + lengths + class; audio only with
+--audio-only), or a rejection with its reason. Runs inside the worker processes; never raises for
+a bad input."""
 from __future__ import annotations
 
 import json
@@ -13,11 +14,8 @@ import numpy as np
 from shards.audio import MonoResampler, encode_flac, fit_to_span
 from shards.inputs import InputItem, Rejection
 from shards.options import AUDIO_RATE, ShardOptions
-from shards.video import (
-    COPY_EXTENSION, ConstantRateSampler, StreamCopier, VideoEncoder, output_size,
-)
+from shards.video import ConstantRateSampler, StreamCopier, VideoEncoder, output_size
 
-VIDEO_EXTENSION = "mp4"
 # A file whose decoded video covers less than this share of its declared duration is truncated.
 TRUNCATION_TOLERANCE = 0.9
 
@@ -227,7 +225,7 @@ class _DecodePass:
         self.video_start = None
         self.video_end = None
         self.video_bytes = b""
-        self.video_extension = COPY_EXTENSION if self.copy else VIDEO_EXTENSION
+        self.video_extension = opts.members[0]
         self.audio = np.zeros(0, np.float32)
         self.audio_start = None
         self._last_time = 0.0

@@ -33,10 +33,6 @@ class ShardWriter:
         self._index_lines: list[str] = []
         self.samples = 0
 
-    @property
-    def offset(self) -> int:
-        return self._tar.offset
-
     def size_if_added(self, members) -> int:
         """Final tar size if this sample were added now (used for --shard-size)."""
         return tar_size_with(self._tar.offset + member_bytes(members))

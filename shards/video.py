@@ -19,7 +19,6 @@ _ENCODERS = {
 DEFAULT_CRF = {"vp9": 32, "h264": 23, "hevc": 28}
 CONTAINER = "mp4"  # DALI reads VP9/H.264/HEVC in MP4 from memory; `copy` uses Matroska (any codec)
 COPY_CONTAINER = "matroska"
-COPY_EXTENSION = "mkv"
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
