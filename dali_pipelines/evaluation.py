@@ -86,7 +86,7 @@ class EvalIterator(BatchIterator):
     """Batch dicts in the layout of the module docstring; every sample exactly once per epoch."""
 
     def __init__(self, pipeline, names, cfg: DataConfig):
-        super().__init__(lambda excluded: pipeline, names, batches_per_epoch=None, drop_last=False,
+        super().__init__(lambda excluded, epoch: pipeline, names, batches_per_epoch=None, drop_last=False,
                          dtype=cfg.output_dtype)
         self.cfg = cfg
 

@@ -50,29 +50,39 @@ class BatchIterator:
     """Iterates one epoch of batch dicts per `iter()`. With `drop_last`, every rank yields the same
     number of batches (that of the smallest rank share), as DDP/DeepSpeed need.
 
-    `pipeline_factory(excluded)` builds the DALI pipeline without the (tar, key) samples in
-    `excluded`. With `skip_bad`, a sample that does not decode is named (in `skipped`, in the next
-    batch's "skipped" list, and as a warning), left out, and the pipeline rebuilt without it; the
-    run goes on. After such a rebuild an epoch is the next `len(self)` batches of the stream (so
-    every rank still yields the same count); without `skip_bad` the error stops the iteration."""
+    `pipeline_factory(excluded, epoch)` builds the DALI pipeline for `epoch` without the (tar, key)
+    samples in `excluded`. With `per_epoch_pipelines`, every epoch gets a fresh pipeline whose
+    seed and rank share depend only on the epoch, so a run can resume in the middle of an epoch
+    (`load_state_dict`): the pipeline of that epoch is rebuilt and the batches already trained on are
+    decoded and passed over (DALI cannot checkpoint its video decoder), giving exactly the batches an
+    uninterrupted run would have seen. Otherwise one pipeline runs epoch after epoch.
+
+    With `skip_bad`, a sample that does not decode is named (in `skipped`, in the next batch's
+    "skipped" list, and as a warning), left out, and the pipeline rebuilt without it; the run goes
+    on. After such a rebuild an epoch is the next `len(self)` batches of the stream (so every rank
+    still yields the same count); without `skip_bad` the error stops the iteration."""
 
     def __init__(self, pipeline_factory, names: list[str], batches_per_epoch: int | None, drop_last: bool,
-                 dtype: str = "float32", skip_bad: bool = False):
+                 dtype: str = "float32", skip_bad: bool = False, per_epoch_pipelines: bool = False):
         self.names = names
         self.batches_per_epoch = batches_per_epoch
         self.cast = torch.bfloat16 if dtype == "bfloat16" else None
         self.skipped: list[str] = []
-        self._factory, self._skip_bad = pipeline_factory, skip_bad
+        self.epoch = 0  # the epoch the next iter() yields
+        self._factory, self._skip_bad, self._per_epoch = pipeline_factory, skip_bad, per_epoch_pipelines
         self._policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
         self._excluded: set[tuple[str, str]] = set()
         self._unreported: list[str] = []
         self._windowed = False  # epochs are windows of the stream after a rebuild
+        self._yielded = 0  # batches of the current epoch handed out
+        self._pass_over = 0  # batches of self.epoch to decode and drop (resume)
         self._dali = self._start()
+        self._unread_pipeline_epoch = 0  # the epoch the freshly built pipeline is for
 
     def _start(self) -> DALIGenericIterator:
         while True:
             try:  # the iterator runs the first batch right away
-                return DALIGenericIterator([self._factory(frozenset(self._excluded))], self.names,
+                return DALIGenericIterator([self._factory(frozenset(self._excluded), self.epoch)], self.names,
                                            reader_name=READER, auto_reset=True, last_batch_policy=self._policy)
             except RuntimeError as error:
                 self._record(error)
@@ -88,11 +98,26 @@ class BatchIterator:
 
     def _recover(self, error: RuntimeError) -> None:
         self._record(error)
+        self._dali = None  # free the old pipeline's threads and buffers first
         self._dali = self._start()
         self._windowed = True
 
     def __len__(self) -> int:
         return self.batches_per_epoch if self.batches_per_epoch is not None else len(self._dali)
+
+    def state_dict(self) -> dict:
+        """Where the stream stands: the next batch to train on, and the samples left out so far."""
+        epoch, batch = self.epoch, self._yielded
+        if self.batches_per_epoch is not None and batch >= self.batches_per_epoch:
+            epoch, batch = epoch + 1, 0
+        return {"epoch": epoch, "batch": batch, "excluded": sorted(list(pair) for pair in self._excluded)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not self._per_epoch:
+            raise ValueError("only an iterator with per-epoch pipelines can resume mid-stream")
+        self.epoch, self._pass_over = int(state["epoch"]), int(state["batch"])
+        self._excluded = {tuple(pair) for pair in state.get("excluded", [])}
+        self._unread_pipeline_epoch = None  # rebuild, with the exclusions, on the next iter()
 
     def _to_batch(self, outputs: dict) -> dict:
         keys, labels = parse_meta(outputs["meta"])
@@ -108,23 +133,37 @@ class BatchIterator:
         return batch
 
     def __iter__(self):
-        yielded = 0
-        while self.batches_per_epoch is None or yielded < self.batches_per_epoch:
+        if self._per_epoch and self._unread_pipeline_epoch != self.epoch:
+            self._dali = None
+            self._dali = self._start()
+            self._windowed = bool(self._excluded)  # fewer samples than len(self) counts on: fill from the stream
+        self._unread_pipeline_epoch = None
+        pass_over, self._pass_over = self._pass_over, 0
+        self._yielded = position = pass_over if self.batches_per_epoch is not None else 0
+        stream_ended = False
+        while self.batches_per_epoch is None or position < self.batches_per_epoch:
             try:
                 outputs = next(self._dali)
             except StopIteration:
                 if self._windowed and self.batches_per_epoch is not None:
                     continue  # the rebuilt stream's epoch ended: go on filling this one
-                return
+                stream_ended = True
+                break
             except RuntimeError as error:
                 self._recover(error)
                 continue
-            yielded += 1
+            if pass_over > 0:  # resuming: these batches were trained on before the interruption
+                pass_over -= 1
+                continue
+            position += 1
+            self._yielded = position
             yield self._to_batch(outputs[0])
-        while not self._windowed:  # drain this rank's extra batch so the next epoch starts clean
+        while not (stream_ended or self._windowed or self._per_epoch):  # drain this rank's extra batch: next epoch starts clean
             try:
                 next(self._dali)
             except StopIteration:
-                return
+                break
             except RuntimeError as error:
                 self._recover(error)
+        self.epoch += 1
+        self._yielded = 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import tempfile
 
+import numpy as np
 import torch
 
 from dali_pipelines.config import DataConfig
@@ -16,19 +17,28 @@ def _device_index(device) -> int | None:
     return (device.index or 0) if device.type == "cuda" else None
 
 
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The DALI seed of one rank's pipeline for one epoch: a function of the three alone, so the
+    epoch can be rebuilt identically on resume."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] % 2**31)
+
+
 def pretrain_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
                     device=None, seed: int = 0, drop_last: bool = True, skip_bad: bool = False) -> BatchIterator:
-    """Batch dicts of XKD views; rank `rank` of `world_size` reads its own share of the samples.
+    """Batch dicts of XKD views; rank `rank` of `world_size` reads its own share of the samples
+    (shares rotate between ranks from epoch to epoch). Each epoch gets a fresh pipeline seeded by
+    (seed, rank, epoch), so `state_dict()` / `load_state_dict()` resume mid-epoch exactly.
     skip_bad: a sample that does not decode is named and left out instead of stopping the run."""
     shards = shards if isinstance(shards, ShardSet) else ShardSet.from_path(shards)
     device_id = _device_index(device)
     scratch = tempfile.mkdtemp(prefix="xkd-skip-") if skip_bad else None
 
-    def build(excluded):
+    def build(excluded, epoch):
         current = shards.without(excluded, scratch) if excluded else shards
-        pipeline = pretrain_pipeline(current, cfg, shard_id=rank, num_shards=world_size, gpu=device_id is not None,
-                                     batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id,
-                                     seed=seed * 1000 + rank, prefetch_queue_depth=2)
+        pipeline = pretrain_pipeline(current, cfg, shard_id=(rank + epoch) % world_size, num_shards=world_size,
+                                     gpu=device_id is not None, batch_size=cfg.batch_size,
+                                     num_threads=cfg.num_threads, device_id=device_id,
+                                     seed=epoch_seed(seed, rank, epoch), prefetch_queue_depth=2)
         pipeline.build()
         return pipeline
 
@@ -36,4 +46,5 @@ def pretrain_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, w
     batches = per_rank // cfg.batch_size if drop_last else None
     if drop_last and batches == 0:
         raise ValueError(f"{per_rank} samples per rank cannot fill one batch of {cfg.batch_size}")
-    return BatchIterator(build, output_names(cfg), batches, drop_last, cfg.output_dtype, skip_bad)
+    return BatchIterator(build, output_names(cfg), batches, drop_last, cfg.output_dtype, skip_bad,
+                         per_epoch_pipelines=True)

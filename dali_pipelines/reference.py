@@ -193,10 +193,12 @@ def collate(samples: list[dict]) -> dict:
 
 def reference_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
                      seed: int = 0, num_workers: int = 2, drop_last: bool = True,
-                     skip_bad: bool = False) -> DataLoader:
+                     skip_bad: bool = False, persistent_workers: bool = True) -> DataLoader:
     """skip_bad: a member that does not decode is left out of its batch and named in the batch's
-    "skipped" list (a batch may then be smaller), instead of stopping with a SampleError."""
+    "skipped" list (a batch may then be smaller), instead of stopping with a SampleError.
+    persistent_workers=False restarts the workers every epoch, so `loader.dataset.epoch` set before
+    iter() reaches them (resuming at a chosen epoch)."""
     shards = shards if isinstance(shards, ShardSet) else ShardSet.from_path(shards)
     dataset = ReferenceDataset(shards, cfg, rank, world_size, seed, skip_bad)
     return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=num_workers, collate_fn=collate,
-                      drop_last=drop_last, persistent_workers=num_workers > 0)
+                      drop_last=drop_last, persistent_workers=persistent_workers and num_workers > 0)

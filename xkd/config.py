@@ -127,11 +127,50 @@ class LossConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Optimisation, schedules and run control for `xkd pretrain` (spec section 4).
+
+    The batch per process is data.batch_size; the total batch is data.batch_size x grad_accumulation
+    x processes. DeepSpeed's batch, accumulation and clipping fields are filled from here.
+    """
+
+    epochs: int = 800
+    grad_accumulation: int = 1
+    # LR = base_lr x total batch / lr_reference_batch. The authors use 1e-4 at their total batch of 256,
+    # so a 256 batch gets their LR exactly; warm-up from 0, then a per-iteration cosine to min_lr.
+    base_lr: float = 1.0e-4
+    lr_reference_batch: int = 256
+    min_lr: float = 0.0
+    warmup_epochs: int = 30
+    weight_decay: float = 0.3  # cosine from weight_decay to weight_decay_end (constant in the paper)
+    weight_decay_end: float = 0.3
+    decay_tokens: bool = True  # cls / pos / mask tokens decayed too (authors, spec B8)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1.0e-8
+    ema_momentum: float = 0.997  # per-iteration cosine to ema_momentum_end, no warm-up
+    ema_momentum_end: float = 1.0
+    # Authors: each student backbone / head parameter's gradient is clipped to norm 0.3 on its own
+    # (DINO style). 'global' clips the norm of all gradients together (DeepSpeed gradient_clipping).
+    clip_grad: float = 0.3  # 0 turns clipping off
+    clip_mode: Literal["per_parameter", "global"] = "per_parameter"
+    seed: int = 0
+    loader: Literal["dali", "reference"] = "dali"
+    reference_workers: int = 4  # DataLoader workers per process with loader: reference
+    skip_bad_samples: bool = True  # a sample that does not decode is named and left out
+    max_steps: int = 0  # stop after this many optimiser steps (0: run every epoch); schedules still span `epochs`
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    log_every_steps: int = 10
+    max_nonfinite_in_a_row: int = 5  # a non-finite loss skips its step; this many in a row stop the run
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "xkd_base"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # --------------------------------------------------------------------------------------------

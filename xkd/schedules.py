@@ -36,3 +36,26 @@ def teacher_temperature_schedule(warmup_value: float, final_value: float, warmup
     """The per-epoch teacher temperature repeated for every iteration of the epoch."""
     per_epoch = np.array([teacher_temperature(e, warmup_value, final_value, warmup_epochs) for e in range(epochs)])
     return np.repeat(per_epoch, iters_per_epoch)
+
+
+class TrainSchedules:
+    """LR, weight decay and EMA momentum for every optimiser step of a run (spec section 4).
+
+    The peak LR is train.base_lr x total batch / train.lr_reference_batch (the authors' 1e-4 at 256).
+    """
+
+    def __init__(self, train, iters_per_epoch: int, total_batch: int):
+        if train.warmup_epochs > train.epochs:
+            raise ValueError(f"train.warmup_epochs {train.warmup_epochs} > train.epochs {train.epochs}")
+        self.peak_lr = train.base_lr * total_batch / train.lr_reference_batch
+        self.iters_per_epoch = iters_per_epoch
+        self.lr = cosine_scheduler(self.peak_lr, train.min_lr, train.epochs, iters_per_epoch, train.warmup_epochs)
+        self.weight_decay = cosine_scheduler(train.weight_decay, train.weight_decay_end, train.epochs, iters_per_epoch)
+        self.momentum = ema_momentum_schedule(train.epochs, iters_per_epoch, train.ema_momentum, train.ema_momentum_end)
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def at(self, step: int) -> dict[str, float]:
+        i = min(step, len(self.lr) - 1)
+        return {"lr": float(self.lr[i]), "weight_decay": float(self.weight_decay[i]), "momentum": float(self.momentum[i])}

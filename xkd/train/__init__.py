@@ -1,0 +1,1 @@
+"""XKD pretraining under DeepSpeed: config filling, data epochs, checkpoints, metrics and the loop."""

@@ -1,0 +1,71 @@
+"""Training batches by epoch, from the DALI pipeline or the reference loader, behind one interface:
+`len()` batches per epoch (equal on every rank), `iter()` yields the next epoch, `epoch`,
+`state_dict()` / `load_state_dict()` to resume mid-epoch, `skipped` names left-out samples."""
+from __future__ import annotations
+
+from dali_pipelines.loader import pretrain_loader
+from dali_pipelines.reference import reference_loader
+from dali_pipelines.shardset import ShardSet
+from xkd.config import ExperimentConfig
+
+
+class ReferenceEpochs:
+    """The reference loader (PyAV + torchaudio in DataLoader workers) by epoch. Its ranks split by
+    shard, so a rank whose share runs out before `len(self)` batches restarts its stream (with a new
+    order) to fill the epoch; every rank then steps the same number of times."""
+
+    def __init__(self, shards: ShardSet, cfg: ExperimentConfig, rank: int, world_size: int, seed: int):
+        self.loader = reference_loader(shards, cfg.data, rank=rank, world_size=world_size, seed=seed,
+                                       num_workers=cfg.train.reference_workers, drop_last=True,
+                                       skip_bad=cfg.train.skip_bad_samples,
+                                       persistent_workers=False)  # workers must see the epoch set below
+        self.batches_per_epoch = shards.samples_per_rank(world_size) // cfg.data.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{shards.samples_per_rank(world_size)} samples per rank cannot fill one batch "
+                             f"of {cfg.data.batch_size}")
+        self.epoch, self.skipped = 0, []
+        self._yielded = self._pass_over = 0
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def _stream(self):
+        restart = 0
+        while True:
+            self.loader.dataset.epoch = self.epoch * 1000 + restart  # the dataset seeds its order by it
+            empty = True
+            for batch in self.loader:
+                empty = False
+                yield batch
+            if empty:
+                raise RuntimeError("the reference loader yielded no batch (more ranks x workers than shards?)")
+            restart += 1
+
+    def __iter__(self):
+        stream = self._stream()
+        for _ in range(self._pass_over):
+            next(stream)
+        self._yielded, self._pass_over = self._pass_over, 0
+        while self._yielded < self.batches_per_epoch:
+            batch = next(stream)
+            self.skipped += batch["skipped"]
+            self._yielded += 1
+            yield batch
+        self.epoch += 1
+        self._yielded = 0
+
+    def state_dict(self) -> dict:
+        if self._yielded >= self.batches_per_epoch:
+            return {"epoch": self.epoch + 1, "batch": 0}
+        return {"epoch": self.epoch, "batch": self._yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._pass_over = int(state["epoch"]), int(state["batch"])
+
+
+def training_batches(shards: ShardSet, cfg: ExperimentConfig, rank: int, world_size: int, device):
+    seed = cfg.train.seed
+    if cfg.train.loader == "reference":
+        return ReferenceEpochs(shards, cfg, rank, world_size, seed)
+    return pretrain_loader(shards, cfg.data, rank=rank, world_size=world_size, device=device, seed=seed,
+                           drop_last=True, skip_bad=cfg.train.skip_bad_samples)

@@ -1,0 +1,76 @@
+"""DeepSpeed JSON configs (`deepspeed_configs/`) completed from the experiment config.
+
+The JSON files hold only what is DeepSpeed's own business (ZeRO stage, precision, buckets). Batch
+size, accumulation and clipping come from the experiment config: a file may leave them out or
+write "auto"; any other value is refused, so the two can never disagree. An optimizer or scheduler
+section is refused too: `xkd pretrain` builds AdamW and sets LR / weight decay every iteration.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xkd.config import ConfigError, ExperimentConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "deepspeed_configs"
+FILLED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+          "gradient_clipping")
+NOT_USED = ("optimizer", "scheduler")
+
+
+def default_config_path(on_gpu: bool) -> Path:
+    """ZeRO-2 in bf16 on GPUs; plain fp32 data parallel on CPU (bf16 matmuls are slow there)."""
+    return CONFIG_DIR / ("zero2.json" if on_gpu else "zero0_fp32.json")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.json"))) if CONFIG_DIR.is_dir() else "none"
+        raise ConfigError(f"{path}: no such DeepSpeed config (shipped in {CONFIG_DIR}: {shipped})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object")
+    return data
+
+
+def deepspeed_config(path: str | Path, cfg: ExperimentConfig, world_size: int) -> dict:
+    """The DeepSpeed config dict for `cfg` on `world_size` processes."""
+    data = read_json(path)
+    for key in FILLED:
+        if key in data and data[key] != "auto":
+            raise ConfigError(f"{path}: {key} = {data[key]!r} is set from the experiment config "
+                              "(data.batch_size, train.grad_accumulation, train.clip_grad / clip_mode); "
+                              'write "auto" or leave it out')
+    for key in NOT_USED:
+        if key in data:
+            raise ConfigError(f"{path}: an '{key}' section is not used: xkd pretrain builds AdamW and its "
+                              "per-iteration schedules from the experiment config (train.*)")
+    if data.get("fp16", {}).get("enabled") and data.get("bf16", {}).get("enabled"):
+        raise ConfigError(f"{path}: fp16 and bf16 are both enabled; choose one")
+    train = cfg.train
+    micro = cfg.data.batch_size
+    data.update({
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": train.grad_accumulation,
+        "train_batch_size": micro * train.grad_accumulation * world_size,
+        # per-parameter clipping is applied by the loop between backward and step
+        "gradient_clipping": train.clip_grad if train.clip_mode == "global" else 0.0,
+    })
+    data.setdefault("steps_per_print", 10**9)  # the loop logs; DeepSpeed's own prints would interleave
+    return data
+
+
+def zero_stage(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def precision(ds_config: dict) -> str:
+    if ds_config.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if ds_config.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"

@@ -1,0 +1,60 @@
+"""The four backbones of a run (video / audio x student / teacher) out of a checkpoint, as
+safetensors + json (xkd/backbone_io.py), plus the run's resolved config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from xkd.config import ExperimentConfig, from_dict
+from xkd.train.checkpoint import find_checkpoint, read_marker
+
+BACKBONES = [(modality, role) for role in ("student", "teacher") for modality in ("video", "audio")]
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _student_state(folder: Path, zero_stage: int, states: dict) -> dict:
+    """fp32 student weights: gathered from the ZeRO partitions (stage >= 1), else the module's own."""
+    if zero_stage >= 1:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+
+
+def load_run_model(run_dir: str | Path, which: str = "auto"):
+    """(XKD model on CPU with the checkpoint's students and teachers, config, checkpoint folder)."""
+    from xkd.models import build_xkd
+
+    folder = find_checkpoint(run_dir, which)
+    if folder is None:
+        raise ExportError(f"{run_dir}: no complete checkpoint (is it the --out of an `xkd pretrain` run?)")
+    marker = read_marker(folder)
+    states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    cfg = from_dict(ExperimentConfig, states["config"])
+    model = build_xkd(cfg)
+    model.students.load_state_dict(_student_state(folder, marker["zero_stage"], states))
+    model.teachers.load_state_dict(states["teachers"])
+    model.criterion.load_state_dict(states["criterion"])
+    return model, cfg, folder
+
+
+def export_backbones(run_dir: str | Path, out: str | Path, which: str = "auto") -> list[Path]:
+    from xkd.backbone_io import save_backbone
+
+    model, cfg, folder = load_run_model(run_dir, which)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for modality, role in BACKBONES:
+        encoder = getattr(model.students if role == "student" else model.teachers, modality)
+        weights, _ = save_backbone(out / f"{modality}_{role}", encoder, modality, cfg.model,
+                                   source={"run": str(Path(run_dir).resolve()), "checkpoint": folder.name,
+                                           "network": f"{modality} {role}", "variant": cfg.model.variant})
+        written.append(weights)
+    (out / "config.yaml").write_text(yaml.safe_dump(__import__("dataclasses").asdict(cfg), sort_keys=False))
+    return written

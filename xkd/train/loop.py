@@ -1,0 +1,344 @@
+"""The XKD pretraining loop under DeepSpeed.
+
+Students (encoders, DINO heads, MAE decoders) live in the DeepSpeed engine; the EMA teachers and
+the KD centres stay outside it in fp32 and follow the students after every optimiser step
+(gathered first under ZeRO-3). LR, weight decay and EMA momentum follow per-iteration schedules,
+the teacher temperatures per-epoch ones (spec section 4).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from dali_pipelines.shardset import ShardSet
+from xkd.config import ExperimentConfig, to_dict
+from xkd.schedules import TrainSchedules
+from xkd.train.checkpoint import CheckpointManager, complete_tags, find_checkpoint, read_marker
+from xkd.train.data import training_batches
+from xkd.train.distributed import Process, all_max, all_mean, barrier
+from xkd.train.ds_config import deepspeed_config, precision, zero_stage
+from xkd.train.metrics import MetricsLog, memory_mib
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class RunRefused(RuntimeError):
+    """The run cannot start as asked (the message says why and what to do)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row had a non-finite loss."""
+
+
+def _model_differences(saved: dict, current: dict, prefix: str = "model") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _model_differences(a, b, f"{prefix}.{key}")
+        elif a != b:
+            out.append(f"{prefix}.{key}: checkpoint {a!r}, config {b!r}")
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, shards: str, run_dir: str, process: Process,
+                 deepspeed_config_path: str, resume: str | None = None, quiet: bool = False):
+        import deepspeed
+
+        from xkd.models import build_xkd
+
+        self.cfg, self.process, self.quiet = cfg, process, quiet
+        self.run_dir = Path(run_dir)
+        self.device = process.device
+        train = cfg.train
+
+        self.resume_from = self._checkpoint_to_resume(resume)
+        shard_set = ShardSet.from_path(shards)
+        self.ds_config = deepspeed_config(deepspeed_config_path, cfg, process.world_size)
+        self.precision = precision(self.ds_config)
+        self.zero3 = zero_stage(self.ds_config) == 3
+        if self.precision != "fp32" and self.device.type == "cpu" and self.precision == "fp16":
+            raise RunRefused(f"{deepspeed_config_path}: fp16 needs a GPU; use a *_fp32.json config on CPU")
+
+        self.data = training_batches(shard_set, cfg, process.rank, process.world_size, self.device)
+        self.iters_per_epoch = len(self.data) // train.grad_accumulation
+        if self.iters_per_epoch == 0:
+            raise RunRefused(f"{shards}: {len(self.data)} batches per epoch and process cannot make one "
+                             f"optimiser step with train.grad_accumulation={train.grad_accumulation}")
+        self.total_batch = self.ds_config["train_batch_size"]
+        self.schedules = TrainSchedules(train, self.iters_per_epoch, self.total_batch)
+        self.last_step = len(self.schedules) if not train.max_steps else min(train.max_steps, len(self.schedules))
+
+        torch.manual_seed(train.seed)  # identical initial weights on every rank (teachers are not broadcast)
+        self.model = build_xkd(cfg)
+        self.model.teachers.to(self.device)
+        self.model.criterion.to(self.device)
+        optimizer = torch.optim.AdamW(self.model.param_groups(train.weight_decay, train.decay_tokens), lr=0.0,
+                                      betas=tuple(train.betas), eps=train.eps, fused=self.device.type == "cuda")
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.model.students, optimizer=optimizer, config=self.ds_config, dist_init_required=False)
+        self._seed_rank_streams()
+
+        self.step, self.nonfinite_total, self.nonfinite_in_a_row = 0, 0, 0
+        self.checkpoints = CheckpointManager(self.run_dir, train.keep_checkpoints, process.rank, self.device)
+        self.log = MetricsLog(self.run_dir, process.is_main)
+        self.stop_signal: str | None = None
+
+    # ---------------------------------------------------------------------------------- setup
+
+    def _checkpoint_to_resume(self, resume: str | None):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            if complete_tags(self.run_dir):
+                raise RunRefused(f"{self.run_dir} already holds checkpoints of a run: pass --resume auto to "
+                                 "continue it, or choose another --out")
+            return None
+        try:
+            folder = find_checkpoint(self.run_dir, resume)
+        except FileNotFoundError as error:
+            raise RunRefused(str(error)) from None
+        if folder is None:
+            return None  # --resume auto on a new run: start from scratch
+        marker = read_marker(folder)
+        saved_variant, variant = marker.get("variant"), self.cfg.model.variant
+        if saved_variant != variant:
+            raise RunRefused(f"{folder} is a checkpoint of variant {saved_variant!r}, but this run's config "
+                             f"({self.cfg.name}) is variant {variant!r}: resume with the config it was made with "
+                             f"({self.run_dir / 'config.yaml'})")
+        differences = _model_differences(marker.get("model", {}), to_dict(self.cfg.model))
+        if differences:
+            raise RunRefused(f"{folder} was made by a different model: " + "; ".join(differences))
+        return folder
+
+    def _seed_rank_streams(self) -> None:
+        """Masks and dropout differ between ranks, reproducibly."""
+        seed = self.cfg.train.seed * 1000 + self.process.rank + 1
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+
+    def _write_run_files(self) -> None:
+        if self.process.is_main and self.resume_from is None:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            (self.run_dir / "deepspeed_config.json").write_text(
+                __import__("json").dumps(self.ds_config, indent=2))
+
+    def _resume(self) -> None:
+        client, rank_state = self.checkpoints.load(self.engine, self.resume_from)
+        self.model.teachers.load_state_dict(client["teachers"])
+        self.model.criterion.load_state_dict(client["criterion"])
+        self.step = client["step"]
+        self.nonfinite_total = client.get("nonfinite_total", 0)
+        data_state = rank_state.get("data", client["data"])
+        self.data.load_state_dict(data_state)
+        if client.get("world_size") != self.process.world_size:
+            self._say(f"note: the checkpoint was written by {client.get('world_size')} processes, this run has "
+                      f"{self.process.world_size}: the data order differs from an uninterrupted run")
+        self.log.event(self.step, "resumed", checkpoint=str(self.resume_from), epoch=data_state["epoch"],
+                       batch=data_state["batch"])
+        self._say(f"resumed from {self.resume_from} (step {self.step}, epoch {data_state['epoch']}, "
+                  f"batch {data_state['batch']})")
+
+    def _say(self, message: str) -> None:
+        if self.process.is_main and not self.quiet:
+            print(f"[xkd pretrain] {message}", flush=True)
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> Path:
+        client_state = {
+            "teachers": {k: v.detach().cpu() for k, v in self.model.teachers.state_dict().items()},
+            "criterion": {k: v.detach().cpu() for k, v in self.model.criterion.state_dict().items()},
+            "step": self.step,
+            "data": self.data.state_dict(),
+            "nonfinite_total": self.nonfinite_total,
+            "world_size": self.process.world_size,
+            "config": to_dict(self.cfg),
+        }
+        marker = {"variant": self.cfg.model.variant, "model": to_dict(self.cfg.model), "epoch": self.data.epoch,
+                  "world_size": self.process.world_size, "zero_stage": zero_stage(self.ds_config),
+                  "precision": self.precision}
+        # this rank's data position rides with its RNG state (ranks skip different bad samples)
+        folder = self.checkpoints.save(self.engine, self.step, client_state, marker,
+                                       rank_state={"data": self.data.state_dict()})
+        self.log.event(self.step, "checkpoint", path=str(folder))
+        return folder
+
+    # ------------------------------------------------------------------------------- one step
+
+    def _views(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        dtype = DTYPES[self.precision]
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, dtype=dtype, non_blocking=True)
+
+        return [move(v) for v in batch["video"]], [move(a) for a in batch["audio"]]
+
+    def _forward(self, video, audio, epoch: int) -> dict:
+        autocast = (torch.autocast(self.device.type, dtype=DTYPES[self.precision])
+                    if self.precision != "fp32" else nullcontext())
+        with autocast:  # the fp32 teachers take the low-precision views
+            return self.model(video, audio, epoch=epoch, students=self.engine)
+
+    def _optimiser_step(self, values: dict) -> None:
+        """LR / weight decay for this step, per-parameter clipping, the step, then the teachers' EMA."""
+        from deepspeed import zero
+
+        from xkd.train.clipping import clip_per_parameter, loss_scale
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = values["lr"]
+            if group["weight_decay"] > 0:  # the no-decay group stays at 0
+                group["weight_decay"] = values["weight_decay"]
+        train = self.cfg.train
+        if train.clip_grad > 0 and train.clip_mode == "per_parameter":
+            clip_per_parameter(self.model.students.backbone_and_head_parameters(), train.clip_grad,
+                               loss_scale(self.engine))
+        self.engine.step()
+        if self.engine.was_step_applied():
+            params = self.model.students.backbone_and_head_parameters()
+            with zero.GatheredParameters(params, enabled=self.zero3):
+                self.model.ema_update(values["momentum"], values["momentum"])
+
+    # ------------------------------------------------------------------------------- the loop
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signal.Signals(signum).name
+
+    def run(self) -> dict:
+        """Train to the last step (or a stop signal). Returns a summary dict."""
+        from tqdm import tqdm
+
+        self._write_run_files()
+        if self.resume_from is not None:
+            self._resume()
+        else:
+            self.log.event(self.step, "started", world_size=self.process.world_size, precision=self.precision,
+                           zero_stage=zero_stage(self.ds_config), total_batch=self.total_batch,
+                           iters_per_epoch=self.iters_per_epoch, last_step=self.last_step)
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        self._say(f"{self.cfg.name} ({self.cfg.model.variant}), {self.process.world_size} process(es) on "
+                  f"{self.device.type}, ZeRO-{zero_stage(self.ds_config)} {self.precision}, total batch "
+                  f"{self.total_batch}, {self.iters_per_epoch} steps/epoch, steps {self.step} -> {self.last_step}")
+        bar = tqdm(total=self.last_step, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not self.process.is_main or self.quiet)
+        window = _Window()
+        outcome = "finished"
+        try:
+            outcome = self._train(bar, window)
+        finally:
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+            self.log.close()
+        return {"outcome": outcome, "step": self.step, "epoch": self.data.epoch,
+                "nonfinite_total": self.nonfinite_total, "skipped_samples": list(self.data.skipped)}
+
+    def _train(self, bar, window: "_Window") -> str:
+        train = self.cfg.train
+        last_saved = self.step if self.resume_from is not None else None
+        while self.step < self.last_step and self.data.epoch < train.epochs:
+            epoch = self.data.epoch
+            waited_since = time.perf_counter()
+            for batch in self.data:
+                window.data_wait += time.perf_counter() - waited_since
+                video, audio = self._views(batch)
+                losses = self._forward(video, audio, epoch)
+                nonfinite, stop = all_max([0.0 if torch.isfinite(losses["loss"]).item() else 1.0,
+                                           1.0 if self.stop_signal else 0.0], self.device)
+                if nonfinite:
+                    self._skip_nonfinite(losses, epoch)
+                else:
+                    self.nonfinite_in_a_row = 0
+                    self.engine.backward(losses["loss"])
+                    boundary = self.engine.is_gradient_accumulation_boundary()
+                    values = self.schedules.at(self.step)
+                    if boundary:
+                        self._optimiser_step(values)
+                    else:
+                        self.engine.step()  # DeepSpeed counts micro-steps here
+                    window.add(losses, batch["video"][0].shape[0] * self.process.world_size)
+                    if boundary:
+                        self.step += 1
+                        bar.update(1)
+                        if self.step % train.log_every_steps == 0 or self.step == self.last_step:
+                            self._log(window, values, epoch, bar)
+                            window = _Window()
+                        if self.step % train.checkpoint_every_steps == 0 or self.step == self.last_step:
+                            self.save_checkpoint()
+                            last_saved = self.step
+                if stop:
+                    if last_saved != self.step:
+                        self.save_checkpoint()
+                    self.log.event(self.step, "stopped", signal=self.stop_signal or "SIGTERM (another rank)")
+                    self._say(f"stopped by {self.stop_signal or 'a signal to another process'} at step "
+                              f"{self.step}; checkpoint saved; continue with --resume auto")
+                    return "stopped"
+                if self.step >= self.last_step:
+                    break
+                waited_since = time.perf_counter()
+        if last_saved != self.step:
+            self.save_checkpoint()
+        return "finished"
+
+    def _skip_nonfinite(self, losses: dict, epoch: int) -> None:
+        self.nonfinite_total += 1
+        self.nonfinite_in_a_row += 1
+        bad = sorted(k for k, v in losses.items() if not torch.isfinite(v).all())
+        self.log.event(self.step, "nonfinite_loss_skipped", epoch=epoch, terms=bad or ["on another rank"],
+                       in_a_row=self.nonfinite_in_a_row)
+        limit = self.cfg.train.max_nonfinite_in_a_row
+        if self.nonfinite_in_a_row >= limit:
+            newest = complete_tags(self.run_dir)
+            raise NonFiniteLossError(
+                f"{limit} batches in a row gave a non-finite loss (at step {self.step}, epoch {epoch}; terms "
+                f"{', '.join(bad) or 'on another rank'}): stopping. Lower train.base_lr, use bf16 instead of "
+                f"fp16, or check the data; the newest complete checkpoint is "
+                f"{newest[-1] if newest else 'none'} in {self.run_dir / 'checkpoints'}")
+
+    def _log(self, window: "_Window", values: dict, epoch: int, bar) -> None:
+        losses = window.mean_losses()
+        names = sorted(losses)
+        averaged = all_mean(torch.tensor([losses[n] for n in names], dtype=torch.float64, device=self.device))
+        temp_video, temp_audio = self.model.criterion.teacher_temperatures(epoch)
+        elapsed = time.perf_counter() - window.started
+        record = {
+            "epoch": epoch,
+            **{n: float(v) for n, v in zip(names, averaged.tolist())},
+            "lr": values["lr"], "weight_decay": values["weight_decay"], "ema_momentum": values["momentum"],
+            "teacher_temp_video": temp_video, "teacher_temp_audio": temp_audio,
+            "clips_per_s": window.clips / elapsed,
+            "clips_per_s_per_process": window.clips / elapsed / self.process.world_size,
+            "data_wait_fraction": window.data_wait / elapsed,
+            "nonfinite_skipped_total": self.nonfinite_total,
+            "skipped_samples_total": len(self.data.skipped),
+            **memory_mib(self.device),
+        }
+        self.log.write(self.step, record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{record['clips_per_s']:.1f}", refresh=False)
+
+
+class _Window:
+    """Loss terms and throughput since the last log line."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.data_wait = 0.0
+        self.clips = 0
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, losses: dict, clips: int) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+        self.count += 1
+        self.clips += clips
+
+    def mean_losses(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()} or {"loss": math.nan}
