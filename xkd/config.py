@@ -8,6 +8,7 @@ validation. Later issues add sections (`data`, `train`) by adding fields to `Exp
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,9 @@ def _read_yaml_tree(name_or_path: str | Path, seen: tuple = ()) -> dict:
     return data
 
 
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def apply_override(data: dict, override: str) -> dict:
     """Set `a.b.c=value` (value parsed as a YAML scalar/list) in a nested dict, returning a new dict."""
     if "=" not in override:
@@ -283,6 +287,8 @@ def apply_override(data: dict, override: str) -> dict:
     if not all(keys):
         raise ConfigError(f"override {override!r}: empty key")
     value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     nested: Any = value
     for key in reversed(keys):
         nested = {key: nested}

@@ -18,12 +18,34 @@ class ExportError(RuntimeError):
 
 
 def _student_state(folder: Path, zero_stage: int, states: dict) -> dict:
-    """fp32 student weights: gathered from the ZeRO partitions (stage >= 1), else the module's own."""
-    if zero_stage >= 1:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    """fp32 student weights: gathered from the ZeRO partitions (stage >= 1), else the module's own.
+    Tensors the optimiser does not hold (frozen weight_g, buffers) come from the module state."""
+    module = {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    if zero_stage == 0:
+        return module
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
-    return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    state = dict(get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name))
+    for key, value in module.items():
+        if key not in state and value.numel() > 0:  # ZeRO-3 leaves empty placeholders here
+            state[key] = value
+    return state
+
+
+def _with_tied_names(state: dict, module: torch.nn.Module) -> dict:
+    """ZeRO's consolidation keeps one name per shared tensor (the tied DINO-head LayerNorms, the
+    shared block stack of MAS / MATS); give every other name of that tensor its value too."""
+    names_by_tensor: dict[int, list[str]] = {}
+    for name, tensor in list(module.named_parameters(remove_duplicate=False)) + \
+            list(module.named_buffers(remove_duplicate=False)):
+        names_by_tensor.setdefault(id(tensor), []).append(name)
+    state = dict(state)
+    for names in names_by_tensor.values():
+        present = [n for n in names if n in state]
+        for name in names:
+            if name not in state and present:
+                state[name] = state[present[0]]
+    return state
 
 
 def load_run_model(run_dir: str | Path, which: str = "auto"):
@@ -34,10 +56,16 @@ def load_run_model(run_dir: str | Path, which: str = "auto"):
     if folder is None:
         raise ExportError(f"{run_dir}: no complete checkpoint (is it the --out of an `xkd pretrain` run?)")
     marker = read_marker(folder)
-    states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    # rank 0's model states hold the client_state (ZeRO-3 names the file after the partition)
+    names = ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+    found = [folder / n for n in names if (folder / n).is_file()]
+    if not found:
+        raise ExportError(f"{folder}: none of {names} is there; is the checkpoint complete?")
+    states = torch.load(found[0], map_location="cpu", weights_only=False)
     cfg = from_dict(ExperimentConfig, states["config"])
     model = build_xkd(cfg)
-    model.students.load_state_dict(_student_state(folder, marker["zero_stage"], states))
+    model.students.load_state_dict(_with_tied_names(_student_state(folder, marker["zero_stage"], states),
+                                                    model.students))
     model.teachers.load_state_dict(states["teachers"])
     model.criterion.load_state_dict(states["criterion"])
     return model, cfg, folder
