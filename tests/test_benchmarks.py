@@ -18,6 +18,8 @@ CASES = {
                         "--attention-batch", "2"],
                        {"clips_per_s", "gflops_per_clip", "sdpa_speedup_attention", "sdpa_speedup_step",
                         "device", "preset"}),
+    "bench_train.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2"],
+                       {"e2e_clips_per_s", "model_only_clips_per_s", "data_wait_fraction", "device", "preset"}),
 }
 
 

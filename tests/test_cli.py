@@ -21,7 +21,9 @@ def test_demo_shards_and_verifies_the_built_in_set(run_cli, tmp_path, capsys):
     assert run_cli("demo", "--out", tmp_path) == 0
     out = capsys.readouterr().out
     assert "verified 2 shards, 4 samples: OK" in out
-    assert re.search(r"\[demo\] step 2: .*, loss \d+\.\d+$", out, re.MULTILINE)
+    assert re.search(r"^\[demo\] step 4: loss \d+\.\d+ \(recon", out, re.MULTILINE)
+    assert sorted(p.name for p in (tmp_path / "backbones").glob("*.safetensors")) == [
+        "audio_student.safetensors", "audio_teacher.safetensors", "video_student.safetensors", "video_teacher.safetensors"]
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["rejected_counts"] == {"corrupt": 1, "empty": 1, "no_audio": 1, "too_short": 1}
     assert manifest["classes"] == {"ripples": 0, "waves": 1}

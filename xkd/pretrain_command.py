@@ -6,12 +6,13 @@
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("pretrain", help="pretrain XKD / XKD-MAS / XKD-MATS under DeepSpeed",
-                                   description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="preset name (e.g. xkd_tiny, xkd_mas_base) or a YAML file")
     parser.add_argument("--shards", required=True, help="shard folder made by `xkd shards create`, or a '*.tar' pattern")
     parser.add_argument("--out", required=True, help="run folder: config, checkpoints, metrics.jsonl, tensorboard/")

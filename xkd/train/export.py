@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from xkd.config import ExperimentConfig, from_dict
+from xkd.config import ExperimentConfig, from_dict, to_dict
 from xkd.train.checkpoint import find_checkpoint, read_marker
 
 BACKBONES = [(modality, role) for role in ("student", "teacher") for modality in ("video", "audio")]
@@ -84,5 +84,5 @@ def export_backbones(run_dir: str | Path, out: str | Path, which: str = "auto") 
                                    source={"run": str(Path(run_dir).resolve()), "checkpoint": folder.name,
                                            "network": f"{modality} {role}", "variant": cfg.model.variant})
         written.append(weights)
-    (out / "config.yaml").write_text(yaml.safe_dump(__import__("dataclasses").asdict(cfg), sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return written

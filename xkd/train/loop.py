@@ -7,6 +7,7 @@ the teacher temperatures per-epoch ones (spec section 4).
 """
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -65,7 +66,7 @@ class Trainer:
         self.ds_config = deepspeed_config(deepspeed_config_path, cfg, process.world_size)
         self.precision = precision(self.ds_config)
         self.zero3 = zero_stage(self.ds_config) == 3
-        if self.precision != "fp32" and self.device.type == "cpu" and self.precision == "fp16":
+        if self.precision == "fp16" and self.device.type == "cpu":
             raise RunRefused(f"{deepspeed_config_path}: fp16 needs a GPU; use a *_fp32.json config on CPU")
 
         self.data = training_batches(shard_set, cfg, process.rank, process.world_size, self.device)
@@ -128,7 +129,7 @@ class Trainer:
         if self.process.is_main and self.resume_from is None:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
             (self.run_dir / "deepspeed_config.json").write_text(
-                __import__("json").dumps(self.ds_config, indent=2))
+                json.dumps(self.ds_config, indent=2))
 
     def _resume(self) -> None:
         client, rank_state = self.checkpoints.load(self.engine, self.resume_from)

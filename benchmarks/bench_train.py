@@ -1,0 +1,190 @@
+"""Speed of the whole pretraining loop: `xkd.train.loop.Trainer` in this process (a world of one),
+run twice on the same config and DeepSpeed JSON.
+
+  e2e:        the real loop: DALI pipeline -> model -> DeepSpeed step -> EMA teachers;
+  model-only: the same Trainer fed one pipeline batch over and over (no data loading).
+
+Each run trains `--warmup` untimed then `--steps` timed optimiser steps, logging every step; the
+figures come from the Trainer's own metrics.jsonl records (per step: clips/s and the share of the
+step spent waiting for the next batch). The run folder is temporary, so the checkpoint the Trainer
+writes at its last step falls outside the timed steps. Without `--shards`, a few clips are sharded
+as by bench_pipeline.py and the shards repeated (symbolic links) so that the timed steps stay in
+one epoch (every epoch builds a new DALI pipeline).
+
+    python benchmarks/bench_train.py                  # tiny preset, CPU: batch 4, 5 + 30 steps
+    python benchmarks/bench_train.py --config xkd_base --batch-size 32 \\
+        --deepspeed-config deepspeed_configs/zero2.json --out benchmarks/results/train_h100.json
+
+Goal: end to end >= 90% of model-only on an H100 with ViT-B (xkd_base). The last line printed is
+one JSON object; `--out` (default on CUDA: benchmarks/results/) also writes it to a file.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_pipeline import make_shards  # noqa: E402
+from dali_pipelines.shardset import ShardSet  # noqa: E402
+from xkd.config import load_config  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+GOAL = "end to end >= 90% of model-only on an H100 with ViT-B (xkd_base)"
+
+
+def repeated_shards(folder: Path, clips: int, samples: int) -> str:
+    """`clips` clips sharded, the shards linked as many times as `samples` needs: a '*.tar' pattern."""
+    made = ShardSet.from_path(str(make_shards(folder, clips)))
+    linked = folder / "repeated"
+    linked.mkdir()
+    for copy in range(-(-samples // made.samples)):
+        for path in (*made.tars, *made.indexes):
+            (linked / f"copy{copy:04d}-{Path(path).name}").symlink_to(path)
+    return str(linked / "*.tar")
+
+
+class RepeatedBatch:
+    """The training-batch interface (see xkd/train/data.py) over one batch, yielded again and again."""
+
+    def __init__(self, batch: dict, batches_per_epoch: int):
+        self.batch = {**batch, "video": [t.clone() for t in batch["video"]],
+                      "audio": [t.clone() for t in batch["audio"]], "skipped": []}
+        self.batches_per_epoch, self.epoch, self.skipped = batches_per_epoch, 0, []
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self):
+        for _ in range(self.batches_per_epoch):
+            yield self.batch
+        self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+
+
+def measure(cfg, shards: str, process, ds_path: str, warmup: int, one_batch: bool) -> dict:
+    """Train warmup + timed steps; per-process clips/s and data-wait share over the timed steps."""
+    from xkd.train.ds_config import zero_stage
+    from xkd.train.loop import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-run-") as run_dir:
+        trainer = Trainer(cfg, shards, run_dir, process, ds_path, quiet=True)
+        if one_batch:
+            trainer.data = RepeatedBatch(next(iter(trainer.data)), len(trainer.data))
+        summary = trainer.run()
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if "event" not in r and r["step"] > warmup]
+    if summary["nonfinite_total"] or len(records) != cfg.train.max_steps - warmup:
+        raise SystemExit(f"expected {cfg.train.max_steps - warmup} timed steps, got {len(records)} "
+                         f"({summary['nonfinite_total']} non-finite steps skipped)")
+    clips = trainer.total_batch / process.world_size  # per process and optimiser step; one step per record
+    seconds = [clips / r["clips_per_s_per_process"] for r in records]
+    result = {"clips_per_s": len(seconds) * clips / sum(seconds),
+              "step_ms": 1e3 * sum(seconds) / len(seconds),
+              "data_wait_fraction": sum(r["data_wait_fraction"] * s for r, s in zip(records, seconds)) / sum(seconds),
+              "epochs_in_timed_steps": len({r["epoch"] for r in records}),
+              "zero_stage": zero_stage(trainer.ds_config), "precision": trainer.precision,
+              "gpu_peak_mib": max((r.get("gpu_peak_mib", 0.0) for r in records), default=0.0),
+              "rss_mib": max(r["rss_mib"] for r in records)}
+    del trainer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="xkd_tiny", help="preset name or YAML file (default: xkd_tiny)")
+    parser.add_argument("--shards", default=None, help="a shard folder or '*.tar' pattern (default: make some)")
+    parser.add_argument("--clips", type=int, default=16, help="clips of 6 s to shard when --shards is not given")
+    parser.add_argument("--batch-size", type=int, default=None, help="clips per process (default: 4 CPU, 32 CUDA)")
+    parser.add_argument("--steps", type=int, default=None, help="timed optimiser steps (default: 30 CPU, 100 CUDA)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 CPU, 20 CUDA)")
+    parser.add_argument("--deepspeed-config", default=None,
+                        help="DeepSpeed JSON (default: zero2.json on GPUs, zero0_fp32.json on CPU)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set data.num_threads=8 (repeatable)")
+    parser.add_argument("--loader", default="dali", choices=["dali", "reference"])
+    parser.add_argument("--out", default=None, help="also write the JSON here (default on CUDA: benchmarks/results/)")
+    args = parser.parse_args(argv)
+
+    from xkd.train.distributed import start_process  # before DeepSpeed is imported (DS_ACCELERATOR on CPU)
+    from xkd.train.ds_config import default_config_path
+
+    process = start_process()
+    on_gpu = process.device.type == "cuda"
+    batch_size = args.batch_size or (32 if on_gpu else 4)
+    steps = args.steps or (100 if on_gpu else 30)
+    warmup = args.warmup or (20 if on_gpu else 5)
+    ds_path = args.deepspeed_config or str(default_config_path(on_gpu))
+    cfg = load_config(args.config, [*args.set, f"data.batch_size={batch_size}", f"train.loader={args.loader}",
+                                    f"train.max_steps={warmup + steps}", "train.log_every_steps=1",
+                                    f"train.checkpoint_every_steps={10**9}"])
+    scratch = tempfile.TemporaryDirectory(prefix="bench-train-")
+    samples = (warmup + steps + 1) * batch_size * cfg.train.grad_accumulation * process.world_size
+    shards = args.shards or repeated_shards(Path(scratch.name), args.clips, samples)
+
+    runs = {}
+    for name, one_batch in (("e2e", False), ("model_only", True)):
+        runs[name] = measure(cfg, shards, process, ds_path, warmup, one_batch)
+        print(f"{name:10s} {runs[name]['clips_per_s']:8.2f} clips/s per process  {runs[name]['step_ms']:8.1f} ms/step"
+              f"  data wait {runs[name]['data_wait_fraction']:.1%}", flush=True)
+    scratch.cleanup()
+    e2e, model_only = runs["e2e"], runs["model_only"]
+    if e2e["epochs_in_timed_steps"] > 1:
+        print(f"note: the timed steps cross {e2e['epochs_in_timed_steps'] - 1} epoch end(s) "
+              "(a new DALI pipeline each): use more --shards samples", flush=True)
+    ratio = e2e["clips_per_s"] / model_only["clips_per_s"]
+    print(f"goal: {GOAL}; here {ratio:.1%}", flush=True)
+
+    import deepspeed
+    import nvidia.dali
+
+    device = torch.cuda.get_device_name(process.device) if on_gpu else f"cpu ({os.cpu_count()} cores)"
+    result = {
+        "e2e_clips_per_s": round(e2e["clips_per_s"], 3),
+        "model_only_clips_per_s": round(model_only["clips_per_s"], 3),
+        "ratio_e2e_model_only": round(ratio, 3),
+        "data_wait_fraction": round(e2e["data_wait_fraction"], 4),
+        "model_only_data_wait_fraction": round(model_only["data_wait_fraction"], 4),
+        "e2e_step_ms": round(e2e["step_ms"], 2), "model_only_step_ms": round(model_only["step_ms"], 2),
+        "device": device, "preset": cfg.name, "variant": cfg.model.variant, "batch_size": batch_size,
+        "world_size": process.world_size, "zero_stage": e2e["zero_stage"], "precision": e2e["precision"],
+        "deepspeed_config": Path(ds_path).name, "loader": args.loader, "data_threads": cfg.data.num_threads,
+        "warmup_steps": warmup, "timed_steps": steps, "epochs_in_timed_steps": e2e["epochs_in_timed_steps"],
+        "shards": args.shards or f"{args.clips} clips of 6 s (bench_pipeline), shards repeated",
+        "e2e_peak_rss_mib": round(e2e["rss_mib"], 1),
+        **({"e2e_gpu_peak_mib": round(e2e["gpu_peak_mib"], 1)} if on_gpu else {}),
+        "goal": GOAL,
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__, "deepspeed": deepspeed.__version__, "dali": nvidia.dali.__version__,
+    }
+    out = args.out
+    if out is None and on_gpu:
+        out = RESULTS_DIR / f"train_{cfg.name}_{device.replace(' ', '_')}.json"
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
