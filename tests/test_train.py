@@ -124,6 +124,14 @@ def test_zero2_on_two_nodes_from_a_hostfile_lowers_the_loss(zero2_run):
     assert any((zero2_run / "tensorboard").iterdir())
 
 
+def test_mas_two_processes_lower_the_loss(train_shards, tmp_path):
+    run = tmp_path / "run"
+    run_launcher(*pretrain_args(train_shards, run, "train.max_steps=24", "train.log_every_steps=4",
+                                config="xkd_mas_tiny", ds="zero2_fp32.json"))
+    values = [v for _, v in sorted(losses(run).items())]
+    assert len(values) == 6 and sum(values[-2:]) / 2 < 0.85 * values[0], values
+
+
 def test_export_writes_four_backbones_that_load(zero2_run, tmp_path):
     from safetensors.torch import load_file
 
@@ -225,18 +233,19 @@ def start(*args) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_resume_after_kill9_reproduces_the_uninterrupted_losses(train_shards, tmp_path):
+@pytest.mark.parametrize("config", ["xkd_tiny", "xkd_mats_tiny"])
+def test_resume_after_kill9_reproduces_the_uninterrupted_losses(train_shards, tmp_path, config):
     sets = ["train.max_steps=14", "train.log_every_steps=1", "train.checkpoint_every_steps=5"]
     straight = tmp_path / "straight"
-    run_plain(*pretrain_args(train_shards, straight, *sets))
+    run_plain(*pretrain_args(train_shards, straight, *sets, config=config))
 
     killed = tmp_path / "killed"
-    process = start(*pretrain_args(train_shards, killed, *sets))
+    process = start(*pretrain_args(train_shards, killed, *sets, config=config))
     wait_for(lambda: (killed / "metrics.jsonl").is_file() and max(losses(killed), default=0) >= 7, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert complete(killed)[-1] == "step000000005"
-    resumed = run_plain(*pretrain_args(train_shards, killed, *sets), "--resume", "auto")
+    resumed = run_plain(*pretrain_args(train_shards, killed, *sets, config=config), "--resume", "auto")
     assert "resumed from" in resumed.stdout and "step 5, epoch 0, batch 5" in resumed.stdout
 
     expected, got = losses(straight), losses(killed)
