@@ -49,9 +49,9 @@ def start_process() -> Process:
     return Process(rank, world, local_rank, device)
 
 
-def all_max(values: list[float], device: torch.device) -> list[float]:
+def all_max(tensor: torch.Tensor) -> list[float]:
     """Element-wise maximum over every process (flags that all ranks must act on together)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tensor = tensor.detach().clone()
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return tensor.tolist()

@@ -244,6 +244,7 @@ class Trainer:
     def _train(self, bar, window: "_Window") -> str:
         train = self.cfg.train
         last_saved = self.step if self.resume_from is not None else None
+        micro_batches_pending = 0  # backward passes since the last optimiser step (accumulation)
         while self.step < self.last_step and self.data.epoch < train.epochs:
             epoch = self.data.epoch
             waited_since = time.perf_counter()
@@ -251,8 +252,11 @@ class Trainer:
                 window.data_wait += time.perf_counter() - waited_since
                 video, audio = self._views(batch)
                 losses = self._forward(video, audio, epoch)
-                nonfinite, stop = all_max([0.0 if torch.isfinite(losses["loss"]).item() else 1.0,
-                                           1.0 if self.stop_signal else 0.0], self.device)
+                # one synchronisation per batch: every rank learns whether any rank saw a non-finite
+                # loss or a stop signal, so all of them skip or stop together
+                nonfinite, stop = all_max(torch.stack([(~torch.isfinite(losses["loss"])).double(),
+                                                       torch.tensor(float(bool(self.stop_signal)), dtype=torch.float64,
+                                                                    device=self.device)]))
                 if nonfinite:
                     self._skip_nonfinite(losses, epoch)
                 else:
@@ -262,8 +266,10 @@ class Trainer:
                     values = self.schedules.at(self.step)
                     if boundary:
                         self._optimiser_step(values)
+                        micro_batches_pending = 0
                     else:
                         self.engine.step()  # DeepSpeed counts micro-steps here
+                        micro_batches_pending += 1
                     window.add(losses, batch["video"][0].shape[0] * self.process.world_size)
                     if boundary:
                         self.step += 1
@@ -274,7 +280,7 @@ class Trainer:
                         if self.step % train.checkpoint_every_steps == 0 or self.step == self.last_step:
                             self.save_checkpoint()
                             last_saved = self.step
-                if stop:
+                if stop and micro_batches_pending == 0:  # mid-accumulation: stop at the step's end
                     if last_saved != self.step:
                         self.save_checkpoint()
                     self.log.event(self.step, "stopped", signal=self.stop_signal or "SIGTERM (another rank)")
@@ -336,8 +342,9 @@ class _Window:
         self.count = 0
 
     def add(self, losses: dict, clips: int) -> None:
-        for name, value in losses.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+        values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device sync
+        for name, value in zip(losses, values):
+            self.sums[name] = self.sums.get(name, 0.0) + value
         self.count += 1
         self.clips += clips
 
