@@ -161,8 +161,8 @@ def main(argv=None) -> int:
         "e2e_clips_per_s": round(e2e["clips_per_s"], 3),
         "model_only_clips_per_s": round(model_only["clips_per_s"], 3),
         "ratio_e2e_model_only": round(ratio, 3),
-        "data_wait_fraction": round(e2e["data_wait_fraction"], 4),
-        "model_only_data_wait_fraction": round(model_only["data_wait_fraction"], 4),
+        "data_wait_fraction": float(f"{e2e['data_wait_fraction']:.4g}"),  # 4 digits: ~1e-6 when well fed, not 0
+        "model_only_data_wait_fraction": float(f"{model_only['data_wait_fraction']:.4g}"),
         "e2e_step_ms": round(e2e["step_ms"], 2), "model_only_step_ms": round(model_only["step_ms"], 2),
         "device": device, "preset": cfg.name, "variant": cfg.model.variant, "batch_size": batch_size,
         "world_size": process.world_size, "zero_stage": e2e["zero_stage"], "precision": e2e["precision"],

@@ -49,12 +49,10 @@ def start_process() -> Process:
     return Process(rank, world, local_rank, device)
 
 
-def all_max(tensor: torch.Tensor) -> list[float]:
-    """Element-wise maximum over every process (flags that all ranks must act on together)."""
-    tensor = tensor.detach().clone()
+def all_max(tensor: torch.Tensor) -> None:
+    """In place: the element-wise maximum over every process (flags all ranks must act on together)."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return tensor.tolist()
 
 
 def all_mean(tensor: torch.Tensor) -> torch.Tensor:

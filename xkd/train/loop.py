@@ -50,8 +50,10 @@ def _model_differences(saved: dict, current: dict, prefix: str = "model") -> lis
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, shards: str, run_dir: str, process: Process,
-                 deepspeed_config_path: str, resume: str | None = None, quiet: bool = False):
+    def __init__(self, cfg: ExperimentConfig, shards: str | None, run_dir: str, process: Process,
+                 deepspeed_config_path: str, resume: str | None = None, quiet: bool = False, data=None):
+        """data: a batch source with the interface of `xkd.train.data` (len, iter per epoch, epoch,
+        state_dict, load_state_dict, skipped) instead of a pipeline over `shards` (benchmarks)."""
         import deepspeed
 
         from xkd.models import build_xkd
@@ -62,14 +64,14 @@ class Trainer:
         train = cfg.train
 
         self.resume_from = self._checkpoint_to_resume(resume)
-        shard_set = ShardSet.from_path(shards)
         self.ds_config = deepspeed_config(deepspeed_config_path, cfg, process.world_size)
         self.precision = precision(self.ds_config)
         self.zero3 = zero_stage(self.ds_config) == 3
         if self.precision == "fp16" and self.device.type == "cpu":
             raise RunRefused(f"{deepspeed_config_path}: fp16 needs a GPU; use a *_fp32.json config on CPU")
 
-        self.data = training_batches(shard_set, cfg, process.rank, process.world_size, self.device)
+        self.data = data if data is not None else training_batches(
+            ShardSet.from_path(shards), cfg, process.rank, process.world_size, self.device)
         self.iters_per_epoch = len(self.data) // train.grad_accumulation
         if self.iters_per_epoch == 0:
             raise RunRefused(f"{shards}: {len(self.data)} batches per epoch and process cannot make one "
@@ -252,11 +254,14 @@ class Trainer:
                 window.data_wait += time.perf_counter() - waited_since
                 video, audio = self._views(batch)
                 losses = self._forward(video, audio, epoch)
-                # one synchronisation per batch: every rank learns whether any rank saw a non-finite
-                # loss or a stop signal, so all of them skip or stop together
-                nonfinite, stop = all_max(torch.stack([(~torch.isfinite(losses["loss"])).double(),
-                                                       torch.tensor(float(bool(self.stop_signal)), dtype=torch.float64,
-                                                                    device=self.device)]))
+                # one device synchronisation per batch: every rank learns whether any rank saw a
+                # non-finite loss or a stop signal (so all skip or stop together), and the loss terms
+                # come to the host in the same transfer
+                stop_flag = torch.tensor(float(bool(self.stop_signal)), device=self.device)
+                flags_and_terms = torch.stack([(~torch.isfinite(losses["loss"])).float(), stop_flag,
+                                               *(v.detach().float() for v in losses.values())])
+                all_max(flags_and_terms[:2])
+                nonfinite, stop, *terms = flags_and_terms.tolist()
                 if nonfinite:
                     self._skip_nonfinite(losses, epoch)
                 else:
@@ -270,7 +275,7 @@ class Trainer:
                     else:
                         self.engine.step()  # DeepSpeed counts micro-steps here
                         micro_batches_pending += 1
-                    window.add(losses, batch["video"][0].shape[0] * self.process.world_size)
+                    window.add(dict(zip(losses, terms)), batch["video"][0].shape[0] * self.process.world_size)
                     if boundary:
                         self.step += 1
                         bar.update(1)
@@ -278,7 +283,9 @@ class Trainer:
                             self._log(window, values, epoch, bar)
                             window = _Window()
                         if self.step % train.checkpoint_every_steps == 0 or self.step == self.last_step:
+                            saving_since = time.perf_counter()
                             self.save_checkpoint()
+                            window.pause(time.perf_counter() - saving_since)  # not training time
                             last_saved = self.step
                 if stop and micro_batches_pending == 0:  # mid-accumulation: stop at the step's end
                     if last_saved != self.step:
@@ -314,7 +321,7 @@ class Trainer:
         names = sorted(losses)
         averaged = all_mean(torch.tensor([losses[n] for n in names], dtype=torch.float64, device=self.device))
         temp_video, temp_audio = self.model.criterion.teacher_temperatures(epoch)
-        elapsed = time.perf_counter() - window.started
+        elapsed = window.elapsed()
         record = {
             "epoch": epoch,
             **{n: float(v) for n, v in zip(names, averaged.tolist())},
@@ -336,17 +343,23 @@ class _Window:
 
     def __init__(self):
         self.started = time.perf_counter()
+        self.paused = 0.0  # checkpoint saving inside the window
         self.data_wait = 0.0
         self.clips = 0
         self.sums: dict[str, float] = {}
         self.count = 0
 
-    def add(self, losses: dict, clips: int) -> None:
-        values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device sync
-        for name, value in zip(losses, values):
+    def add(self, losses: dict[str, float], clips: int) -> None:
+        for name, value in losses.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.count += 1
         self.clips += clips
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started - self.paused
 
     def mean_losses(self) -> dict[str, float]:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()} or {"loss": math.nan}
