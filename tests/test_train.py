@@ -273,6 +273,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_shards, tmp_path):
     again = run_plain(*pretrain_args(train_shards, run, "train.max_steps=8", "train.log_every_steps=1"),
                       "--resume", "auto")
     assert f"step {stopped['step']}" in again.stdout.split("resumed from")[1]
+    assert "train.max_steps: checkpoint 200, config 8" in again.stdout  # a changed config is said
     assert complete(run)[-1] == "step000000008"
 
 

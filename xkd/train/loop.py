@@ -38,12 +38,13 @@ class NonFiniteLossError(RuntimeError):
     """Too many steps in a row had a non-finite loss."""
 
 
-def _model_differences(saved: dict, current: dict, prefix: str = "model") -> list[str]:
+def _config_differences(saved: dict, current: dict, prefix: str = "model") -> list[str]:
+    """'prefix.key: checkpoint A, config B' for every value that differs."""
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _model_differences(a, b, f"{prefix}.{key}")
+            out += _config_differences(a, b, f"{prefix}.{key}")
         elif a != b:
             out.append(f"{prefix}.{key}: checkpoint {a!r}, config {b!r}")
     return out
@@ -116,7 +117,7 @@ class Trainer:
             raise RunRefused(f"{folder} is a checkpoint of variant {saved_variant!r}, but this run's config "
                              f"({self.cfg.name}) is variant {variant!r}: resume with the config it was made with "
                              f"({self.run_dir / 'config.yaml'})")
-        differences = _model_differences(marker.get("model", {}), to_dict(self.cfg.model))
+        differences = _config_differences(marker.get("model", {}), to_dict(self.cfg.model))
         if differences:
             raise RunRefused(f"{folder} was made by a different model: " + "; ".join(differences))
         return folder
@@ -128,7 +129,8 @@ class Trainer:
         np.random.seed(seed % 2**32)
 
     def _write_run_files(self) -> None:
-        if self.process.is_main and self.resume_from is None:
+        """The resolved configs of this start (each checkpoint also keeps the config it was made with)."""
+        if self.process.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
             (self.run_dir / "deepspeed_config.json").write_text(
                 json.dumps(self.ds_config, indent=2))
@@ -140,6 +142,12 @@ class Trainer:
         self.step = client["step"]
         self.nonfinite_total = client.get("nonfinite_total", 0)
         data_state = rank_state.get("data", client["data"])
+        saved = client.get("config", {})
+        changed = [d for section in ("train", "loss", "data")
+                   for d in _config_differences(saved.get(section, {}), to_dict(getattr(self.cfg, section)), section)]
+        if changed:
+            self._say("note: the config differs from the checkpoint's (schedules follow the new values): "
+                      + "; ".join(changed))
         self.data.load_state_dict(data_state)
         if client.get("world_size") != self.process.world_size:
             self._say(f"note: the checkpoint was written by {client.get('world_size')} processes, this run has "
