@@ -18,7 +18,8 @@ INSTALL_REQUIRES = TORCH + [
     "tqdm==4.70.1",
     "PyYAML==6.0.3",
     "safetensors==0.8.0",
-    "psutil==7.2.2",  # benchmarks: memory of a process and its workers
+    "psutil==7.2.2",  # memory of a process and its workers (benchmarks, training logs)
+    "tensorboard==2.21.0",  # training logs
 ]
 TEST_REQUIRES = ["pytest==9.0.3", "scikit-video==1.1.11"]
 

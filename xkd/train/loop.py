@@ -85,10 +85,15 @@ class Trainer:
         self.model = build_xkd(cfg)
         self.model.teachers.to(self.device)
         self.model.criterion.to(self.device)
-        optimizer = torch.optim.AdamW(self.model.param_groups(train.weight_decay, train.decay_tokens), lr=0.0,
-                                      betas=tuple(train.betas), eps=train.eps, fused=self.device.type == "cuda")
+        groups = self.model.param_groups(train.weight_decay, train.decay_tokens)  # [no decay, decay]
+        self.decayed_groups = [1]  # the groups the weight-decay schedule drives
+        optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(train.betas), eps=train.eps,
+                                      fused=self.device.type == "cuda")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=self.model.students, optimizer=optimizer, config=self.ds_config, dist_init_required=False)
+        if len(self.optimizer.param_groups) != len(groups):  # DeepSpeed keeps the groups, in order
+            raise RuntimeError(f"DeepSpeed changed the optimizer groups ({len(groups)} -> "
+                               f"{len(self.optimizer.param_groups)}): the weight-decay schedule cannot be applied")
         self._seed_rank_streams()
 
         self.step, self.nonfinite_total, self.nonfinite_in_a_row = 0, 0, 0
@@ -204,9 +209,9 @@ class Trainer:
 
         from xkd.train.clipping import clip_per_parameter, loss_scale
 
-        for group in self.optimizer.param_groups:
+        for index, group in enumerate(self.optimizer.param_groups):
             group["lr"] = values["lr"]
-            if group["weight_decay"] > 0:  # the no-decay group stays at 0
+            if index in self.decayed_groups:  # biases, norms (and tokens, if so set) stay at 0
                 group["weight_decay"] = values["weight_decay"]
         train = self.cfg.train
         if train.clip_grad > 0 and train.clip_mode == "per_parameter":
