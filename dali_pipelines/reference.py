@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 
 import av
 import numpy as np
@@ -191,6 +192,13 @@ def collate(samples: list[dict]) -> dict:
     }
 
 
+def _ignore_sigterm(_worker_id: int) -> None:
+    """Workers leave SIGTERM to the training process: a cluster signals the whole process group on
+    preemption, and a worker that died of it would crash the run before its checkpoint is saved.
+    (Workers still exit when the main process stops or dies.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def reference_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
                      seed: int = 0, num_workers: int = 2, drop_last: bool = True,
                      skip_bad: bool = False, persistent_workers: bool = True) -> DataLoader:
@@ -201,4 +209,5 @@ def reference_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, 
     shards = shards if isinstance(shards, ShardSet) else ShardSet.from_path(shards)
     dataset = ReferenceDataset(shards, cfg, rank, world_size, seed, skip_bad)
     return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=num_workers, collate_fn=collate,
-                      drop_last=drop_last, persistent_workers=persistent_workers and num_workers > 0)
+                      drop_last=drop_last, persistent_workers=persistent_workers and num_workers > 0,
+                      worker_init_fn=_ignore_sigterm)

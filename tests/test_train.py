@@ -233,8 +233,9 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 300) -> None
 
 
 def start(*args) -> subprocess.Popen:
+    """A run in its own process group (os.killpg reaches it and its workers, not pytest)."""
     return subprocess.Popen([sys.executable, "-m", "xkd", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 @pytest.mark.parametrize("config", ["xkd_tiny", "xkd_mats_tiny"])
@@ -258,20 +259,23 @@ def test_resume_after_kill9_reproduces_the_uninterrupted_losses(train_shards, tm
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_shards, tmp_path):
+@pytest.mark.parametrize("loader", ["dali", "reference"])
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_shards, tmp_path, loader):
+    """As a cluster preempts: SIGTERM to the whole process group, DataLoader workers included."""
     run = tmp_path / "run"
-    sets = ["train.max_steps=200", "train.log_every_steps=1", "train.checkpoint_every_steps=1000"]
+    sets = ["train.max_steps=200", "train.log_every_steps=1", "train.checkpoint_every_steps=1000",
+            f"train.loader={loader}", "train.reference_workers=2"]
     process = start(*pretrain_args(train_shards, run, *sets))
     wait_for(lambda: (run / "metrics.jsonl").is_file() and max(losses(run), default=0) >= 3, process)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-3000:]
     assert "stopped by SIGTERM" in output
     stopped = next(r for r in records(run) if r.get("event") == "stopped")
     assert complete(run) == [f"step{stopped['step']:09d}"] and stopped["step"] >= 3
     # and the run goes on from there
-    again = run_plain(*pretrain_args(train_shards, run, "train.max_steps=8", "train.log_every_steps=1"),
-                      "--resume", "auto")
+    again = run_plain(*pretrain_args(train_shards, run, "train.max_steps=8", "train.log_every_steps=1",
+                                     f"train.loader={loader}", "train.reference_workers=2"), "--resume", "auto")
     assert f"step {stopped['step']}" in again.stdout.split("resumed from")[1]
     assert "train.max_steps: checkpoint 200, config 8" in again.stdout  # a changed config is said
     assert complete(run)[-1] == "step000000008"

@@ -132,3 +132,24 @@ def test_the_reference_stream_resumes_mid_epoch(small_shards):
     resumed.load_state_dict(state)
     assert [b["key"] for b in resumed] == rest and len(rest) == 3
     assert resumed.epoch == 1
+
+
+def test_a_stale_extension_build_lock_is_removed(tmp_path, monkeypatch):
+    """A lock left by a process killed while torch built DeepSpeed's CPU comm op would hang every
+    later start; a fresh one (a build in progress) is left alone."""
+    import os
+    import time
+
+    from xkd.train.distributed import clear_stale_extension_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale = tmp_path / "py311_cu130" / "deepspeed_shm_comm" / "lock"
+    fresh = tmp_path / "py311_cu130" / "other_op" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    with pytest.warns(UserWarning, match="stale torch extension build lock"):
+        assert clear_stale_extension_locks() == [stale]
+    assert not stale.exists() and fresh.exists()

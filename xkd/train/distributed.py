@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -27,11 +30,32 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def clear_stale_extension_locks(max_age_s: float = 600.0) -> list[Path]:
+    """On CPU, DeepSpeed JIT-builds a shared-memory comm op at start. torch's extension builder
+    holds a lock file while it checks or builds, and waits forever on one left by a process killed
+    meanwhile, so every later run would hang. A build takes seconds: a lock older than
+    `max_age_s` is stale and removed."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    removed = []
+    for lock in Path(get_default_build_root()).glob("*/*/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+        except OSError:
+            continue  # another process took care of it
+    for lock in removed:
+        warnings.warn(f"removed a stale torch extension build lock: {lock}", stacklevel=2)
+    return removed
+
+
 def start_process() -> Process:
     """Initialise torch.distributed (NCCL on GPUs, gloo on CPU) through DeepSpeed."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
+        clear_stale_extension_locks()
     if "RANK" not in os.environ:  # started by hand: a world of one
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
