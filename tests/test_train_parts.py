@@ -143,8 +143,8 @@ def test_a_stale_extension_build_lock_is_removed(tmp_path, monkeypatch):
     from xkd.train.distributed import clear_stale_extension_locks
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    stale = tmp_path / "py311_cu130" / "deepspeed_shm_comm" / "lock"
-    fresh = tmp_path / "py311_cu130" / "other_op" / "lock"
+    stale = tmp_path / "deepspeed_shm_comm" / "lock"
+    fresh = tmp_path / "other_op" / "lock"
     for lock in (stale, fresh):
         lock.parent.mkdir(parents=True)
         lock.touch()

@@ -37,8 +37,10 @@ def clear_stale_extension_locks(max_age_s: float = 600.0) -> list[Path]:
     `max_age_s` is stale and removed."""
     from torch.utils.cpp_extension import get_default_build_root
 
+    # NAME/lock under TORCH_EXTENSIONS_DIR, or pyXY_cuZ/NAME/lock under the default root
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
     removed = []
-    for lock in Path(get_default_build_root()).glob("*/*/lock"):
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
         try:
             if time.time() - lock.stat().st_mtime > max_age_s:
                 lock.unlink()
