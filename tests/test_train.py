@@ -325,6 +325,23 @@ def test_bad_runs_are_refused_with_a_reason(train_shards, tmp_path):
     assert clash.returncode == 2 and "train_batch_size" in clash.stderr and "data.batch_size" in clash.stderr
 
 
+def test_a_sample_that_does_not_decode_is_named_and_left_out(train_shards, tmp_path):
+    broken = tmp_path / "shards"
+    shutil.copytree(train_shards, broken)
+    tar = broken / json.loads((broken / "manifest.json").read_text())["shards"][1]["tar"]
+    fields = tar.with_suffix(".idx").read_text().splitlines()[1].split()
+    offset, size, key = int(fields[1]), int(fields[2]), fields[3].split(".")[0]
+    data = bytearray(tar.read_bytes())
+    data[offset + 100:offset + size] = bytes(size - 100)  # the video member: all zeros after 100 bytes
+    tar.write_bytes(bytes(data))
+    run = tmp_path / "run"
+    done = run_plain(*pretrain_args(broken, run, "train.max_steps=10", "train.log_every_steps=5"))
+    assert f"samples left out: 1\n  {tar.name}: sample {key}" in done.stdout
+    left_out = [r for r in records(run) if r.get("event") == "sample_left_out"]
+    assert len(left_out) == 1 and key in left_out[0]["reason"]
+    assert complete(run) == ["step000000010"] and records(run)[-2]["skipped_samples_total"] == 1
+
+
 def test_nonfinite_losses_are_skipped_then_stop_the_run(train_shards, tmp_path):
     # an absurd LR sends the weights to inf after the first step: every later loss is non-finite
     run = tmp_path / "run"

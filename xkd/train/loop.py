@@ -265,6 +265,8 @@ class Trainer:
             waited_since = time.perf_counter()
             for batch in self.data:
                 window.data_wait += time.perf_counter() - waited_since
+                for member in batch.get("skipped", []):
+                    self.log.event(self.step, "sample_left_out", reason=member)
                 video, audio = self._views(batch)
                 losses = self._forward(video, audio, epoch)
                 # one device synchronisation per batch: every rank learns whether any rank saw a
