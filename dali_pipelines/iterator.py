@@ -3,6 +3,7 @@
  "label": (B,) int64 (-1 when unlabelled), "key": list[str]}, as torch tensors on the device."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -135,6 +136,7 @@ class BatchIterator:
     def __iter__(self):
         if self._per_epoch and self._unread_pipeline_epoch != self.epoch:
             self._dali = None
+            gc.collect()  # release the previous epoch's pipeline (threads, pinned and GPU buffers) first
             self._dali = self._start()
             self._windowed = bool(self._excluded)  # fewer samples than len(self) counts on: fill from the stream
         self._unread_pipeline_epoch = None
