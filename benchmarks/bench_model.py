@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import resource
 import sys
@@ -31,14 +30,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report import report  # noqa: E402
 from xkd.config import load_config  # noqa: E402
 from xkd.models import build_xkd, set_fused_attention  # noqa: E402
 from xkd.models.synthetic import synthetic_batch  # noqa: E402
 from xkd.models.transformer import explicit_attention  # noqa: E402
 
 PRESETS = {"xkd": "xkd_{}", "xkd_mas": "xkd_mas_{}", "xkd_mats": "xkd_mats_{}"}
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def synchronize(device: torch.device) -> None:
@@ -236,14 +236,8 @@ def main(argv=None) -> int:
                      for k, v in per_variant.items()},
         "torch": torch.__version__,
     }
-    out = args.out
-    if out is None and on_gpu:
-        gpu = torch.cuda.get_device_name(device).replace(" ", "_")
-        out = RESULTS_DIR / f"bench_model_{args.preset}_{gpu}.json"
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary), flush=True)
+    gpu = torch.cuda.get_device_name(device) if on_gpu else None
+    report(summary, args.out, gpu, stem=f"bench_model_{args.preset}")
     return 0
 
 

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pipeline import make_shards  # noqa: E402
+from report import report  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
 from xkd.config import load_config  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOAL = "end to end >= 90% of model-only on an H100 with ViT-B (xkd_base)"
 
 
@@ -176,13 +176,7 @@ def main(argv=None) -> int:
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__, "deepspeed": deepspeed.__version__, "dali": nvidia.dali.__version__,
     }
-    out = args.out
-    if out is None and on_gpu:
-        out = RESULTS_DIR / f"train_{cfg.name}_{device.replace(' ', '_')}.json"
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result), flush=True)
+    report(result, args.out, device if on_gpu else None, stem=f"train_{cfg.name}")
     return 0
 
 

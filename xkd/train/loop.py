@@ -23,7 +23,7 @@ from xkd.config import ExperimentConfig, to_dict
 from xkd.schedules import TrainSchedules
 from xkd.train.checkpoint import CheckpointManager, complete_tags, find_checkpoint, read_marker
 from xkd.train.data import training_batches
-from xkd.train.distributed import Process, all_max, all_mean, barrier
+from xkd.train.distributed import Process, all_max, all_mean
 from xkd.train.ds_config import deepspeed_config, precision, zero_stage
 from xkd.train.metrics import MetricsLog, memory_mib
 
