@@ -42,9 +42,6 @@ def pretrain_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, w
         pipeline.build()
         return pipeline
 
-    per_rank = shards.samples_per_rank(world_size)
-    batches = per_rank // cfg.batch_size if drop_last else None
-    if drop_last and batches == 0:
-        raise ValueError(f"{per_rank} samples per rank cannot fill one batch of {cfg.batch_size}")
+    batches = shards.batches_per_rank(world_size, cfg.batch_size) if drop_last else None
     return BatchIterator(build, output_names(cfg), batches, drop_last, cfg.output_dtype, skip_bad,
                          per_epoch_pipelines=True)

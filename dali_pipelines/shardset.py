@@ -82,6 +82,13 @@ class ShardSet:
         """Samples every rank gets (DALI splits by sample count; the smallest share)."""
         return self.samples // num_ranks
 
+    def batches_per_rank(self, num_ranks: int, batch_size: int) -> int:
+        """Full batches every rank can make in an epoch (at least one, or ValueError)."""
+        per_rank = self.samples_per_rank(num_ranks)
+        if per_rank < batch_size:
+            raise ValueError(f"{per_rank} samples per rank cannot fill one batch of {batch_size}")
+        return per_rank // batch_size
+
 
 def _index_count(index_path: str) -> int:
     with open(index_path) as handle:

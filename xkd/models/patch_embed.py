@@ -10,6 +10,18 @@ import torch
 from torch import nn
 
 
+def token_grid(shape, in_chans: int, patch: tuple[int, ...], modality: str, axes: str, sizes_name: str,
+               unit: str) -> tuple[int, ...]:
+    """Tokens along each axis of a (B, C, *sizes) input, refusing a wrong layout or a size that the
+    patch does not divide."""
+    if len(shape) != 2 + len(patch) or shape[1] != in_chans:
+        raise ValueError(f"{modality} input must be (B, {in_chans}, {axes}), got {tuple(shape)}")
+    sizes = shape[2:]
+    if any(s % p for s, p in zip(sizes, patch)):
+        raise ValueError(f"{sizes_name} size {tuple(sizes)} is not divisible by the {unit} {patch}")
+    return tuple(s // p for s, p in zip(sizes, patch))
+
+
 class TubeletEmbed(nn.Module):
     """(B, C, T, H, W) -> (B, T/pt * H/p * W/p, dim)."""
 
@@ -21,12 +33,7 @@ class TubeletEmbed(nn.Module):
         self.proj = nn.Linear(self.patch_dim, embed_dim)
 
     def grid(self, shape) -> tuple[int, int, int]:
-        if len(shape) != 5 or shape[1] != self.in_chans:
-            raise ValueError(f"video input must be (B, {self.in_chans}, T, H, W), got {tuple(shape)}")
-        sizes = shape[2:]
-        if any(s % p for s, p in zip(sizes, self.patch)):
-            raise ValueError(f"video size {tuple(sizes)} is not divisible by the tubelet {self.patch}")
-        return tuple(s // p for s, p in zip(sizes, self.patch))
+        return token_grid(shape, self.in_chans, self.patch, "video", "T, H, W", "video", "tubelet")
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         t, h, w = self.grid(x.shape)
@@ -51,12 +58,7 @@ class SpectrogramPatchEmbed(nn.Module):
         self.proj = nn.Linear(self.patch_dim, embed_dim)
 
     def grid(self, shape) -> tuple[int, int]:
-        if len(shape) != 4 or shape[1] != self.in_chans:
-            raise ValueError(f"audio input must be (B, {self.in_chans}, mel, time), got {tuple(shape)}")
-        sizes = shape[2:]
-        if any(s % p for s, p in zip(sizes, self.patch)):
-            raise ValueError(f"spectrogram size {tuple(sizes)} is not divisible by the patch {self.patch}")
-        return tuple(s // p for s, p in zip(sizes, self.patch))
+        return token_grid(shape, self.in_chans, self.patch, "audio", "mel, time", "spectrogram", "patch")
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         f, t = self.grid(x.shape)

@@ -8,7 +8,6 @@ every rank has finished writing, so a run killed while saving leaves an incomple
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shards.manifest import atomic_write_json
 from xkd.train.distributed import barrier
 
 COMPLETE = "xkd_complete.json"
@@ -72,12 +72,6 @@ def restore_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 class CheckpointManager:
     def __init__(self, run_dir: str | Path, keep: int, rank: int, device: torch.device):
         self.root = checkpoint_root(run_dir)
@@ -93,7 +87,7 @@ class CheckpointManager:
         torch.save({"rng": rng_state(self.device), **rank_state}, self.rank_file(folder))
         barrier()
         if self.rank == 0:
-            _write_json_atomic(folder / COMPLETE, {"step": step, **marker})
+            atomic_write_json(str(folder / COMPLETE), {"step": step, **marker})
             self._prune(keep_tag=tag)
         barrier()
         return folder

@@ -19,10 +19,7 @@ class ReferenceEpochs:
                                        num_workers=cfg.train.reference_workers, drop_last=True,
                                        skip_bad=cfg.train.skip_bad_samples,
                                        persistent_workers=False)  # workers must see the epoch set below
-        self.batches_per_epoch = shards.samples_per_rank(world_size) // cfg.data.batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"{shards.samples_per_rank(world_size)} samples per rank cannot fill one batch "
-                             f"of {cfg.data.batch_size}")
+        self.batches_per_epoch = shards.batches_per_rank(world_size, cfg.data.batch_size)
         self.epoch, self.skipped = 0, []
         self._yielded = self._pass_over = 0
 

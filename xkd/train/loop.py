@@ -95,6 +95,8 @@ class Trainer:
             raise RuntimeError(f"DeepSpeed changed the optimizer groups ({len(groups)} -> "
                                f"{len(self.optimizer.param_groups)}): the weight-decay schedule cannot be applied")
         self._seed_rank_streams()
+        # student backbones and heads: clipped per parameter and averaged into the teachers
+        self.backbone_and_head_params = self.model.students.backbone_and_head_parameters()
 
         self.step, self.nonfinite_total, self.nonfinite_in_a_row = 0, 0, 0
         self.checkpoints = CheckpointManager(self.run_dir, train.keep_checkpoints, process.rank, self.device)
@@ -215,12 +217,10 @@ class Trainer:
                 group["weight_decay"] = values["weight_decay"]
         train = self.cfg.train
         if train.clip_grad > 0 and train.clip_mode == "per_parameter":
-            clip_per_parameter(self.model.students.backbone_and_head_parameters(), train.clip_grad,
-                               loss_scale(self.engine))
+            clip_per_parameter(self.backbone_and_head_params, train.clip_grad, loss_scale(self.engine))
         self.engine.step()
         if self.engine.was_step_applied():
-            params = self.model.students.backbone_and_head_parameters()
-            with zero.GatheredParameters(params, enabled=self.zero3):
+            with zero.GatheredParameters(self.backbone_and_head_params, enabled=self.zero3):
                 self.model.ema_update(values["momentum"], values["momentum"])
 
     # ------------------------------------------------------------------------------- the loop
