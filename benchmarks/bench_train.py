@@ -35,23 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pipeline import make_shards  # noqa: E402
+from bench_pipeline import make_shards, repeat_shards  # noqa: E402
 from report import report  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
 from xkd.config import load_config  # noqa: E402
 
 GOAL = "end to end >= 90% of model-only on an H100 with ViT-B (xkd_base)"
-
-
-def repeated_shards(folder: Path, clips: int, samples: int) -> str:
-    """`clips` clips sharded, the shards linked as many times as `samples` needs: a '*.tar' pattern."""
-    made = ShardSet.from_path(str(make_shards(folder, clips)))
-    linked = folder / "repeated"
-    linked.mkdir()
-    for copy in range(-(-samples // made.samples)):
-        for path in (*made.tars, *made.indexes):
-            (linked / f"copy{copy:04d}-{Path(path).name}").symlink_to(path)
-    return str(linked / "*.tar")
 
 
 class RepeatedBatch:
@@ -138,7 +127,11 @@ def main(argv=None) -> int:
                                     f"train.checkpoint_every_steps={10**9}"])
     scratch = tempfile.TemporaryDirectory(prefix="bench-train-")
     samples = (warmup + steps + 1) * batch_size * cfg.train.grad_accumulation * process.world_size
-    shards = args.shards or repeated_shards(Path(scratch.name), args.clips, samples)
+    if args.shards:
+        shards = args.shards
+    else:
+        made = ShardSet.from_path(str(make_shards(Path(scratch.name), args.clips)))
+        shards = repeat_shards(made, Path(scratch.name) / "repeated", -(-samples // made.samples))
 
     runs = {}
     for name, one_batch in (("e2e", False), ("model_only", True)):

@@ -169,7 +169,7 @@ def test_teacher_temperature_warmup_per_epoch():
     assert criterion.teacher_temperatures(500) == pytest.approx((0.11, 0.06))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_losses_run_in_fp32_under_bf16_autocast():
     x = torch.randn(4, 512, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -168,7 +168,7 @@ def test_schedules():
     assert temps.tolist() == pytest.approx([0.04, 0.04, 0.05, 0.05, 0.06, 0.06, 0.06, 0.06, 0.06, 0.06])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bf16_autocast_step_on_gpu(variant):
     torch.manual_seed(0)

@@ -86,8 +86,10 @@ def flac_of(shards, key) -> np.ndarray:
     raise KeyError(key)
 
 
-def test_clips_are_spread_uniformly_and_audio_follows(eval_shards):
-    batches = list(eval_loader(str(eval_shards), cfg()))
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=pytest.mark.gpu)])
+def test_clips_are_spread_uniformly_and_audio_follows(eval_shards, device):
+    """Frame by frame, on the CPU and (NVDEC decode, GPU log-mel) on a GPU."""
+    batches = list(eval_loader(str(eval_shards), cfg(), device=device if device != "cpu" else None))
     keys = [k for b in batches for k in b["key"]]
     assert sorted(keys) == ["a__long", "a__mid", "b__short"]  # each once, the last batch partial
     log_mel = LogMel(DataConfig().mel)
@@ -97,7 +99,7 @@ def test_clips_are_spread_uniformly_and_audio_follows(eval_shards):
         for row, key in enumerate(batch["key"]):
             n = frames_of[key]
             starts = np.linspace(0, max(n - 32, 0), 4).astype(int)
-            video, audio = batch["video"][0][row], batch["audio"][0][row]
+            video, audio = batch["video"][0][row].cpu(), batch["audio"][0][row].cpu()
             assert video.shape == (4, 1, 3, 32, 112, 112) and audio.shape == (4, 1, 80, 448)
             waveform = torch.from_numpy(flac_of(eval_shards, key))
             for clip, start in enumerate(starts):

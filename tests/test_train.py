@@ -1,5 +1,6 @@
 """`xkd pretrain` and `xkd export` on CPU (DS_ACCELERATOR=cpu, gloo): the deepspeed launcher with two
-processes (ZeRO-2, ZeRO-3), resume after kill -9, SIGTERM, non-finite losses, refusals, export."""
+processes (ZeRO-2, ZeRO-3), resume after kill -9, SIGTERM, non-finite losses, refusals, export;
+and one bf16 run on a GPU where there is one."""
 import json
 import os
 import shutil
@@ -122,6 +123,25 @@ def test_zero2_on_two_nodes_from_a_hostfile_lowers_the_loss(zero2_run):
     assert sorted(p.name for p in (zero2_run / "checkpoints" / "step000000024").glob("rank*.pt")) == \
         ["rank00000.pt", "rank00001.pt"]
     assert any((zero2_run / "tensorboard").iterdir())
+
+
+@pytest.mark.gpu
+def test_bf16_zero2_on_a_gpu_lowers_the_loss_and_exports(train_shards, tmp_path):
+    """One CUDA process (NCCL), bf16 ZeRO-2, the DALI loader decoding with NVDEC."""
+    run = tmp_path / "run"
+    gpu_env = {k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run([sys.executable, "-m", "xkd", *pretrain_args(
+        train_shards, run, "train.max_steps=24", "train.log_every_steps=4", ds="zero2.json")],
+        env=gpu_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    started = next(r for r in records(run) if r.get("event") == "started")
+    assert started["precision"] == "bf16" and started["zero_stage"] == 2
+    values = [v for _, v in sorted(losses(run).items())]
+    assert len(values) == 6 and values[-1] < 0.8 * values[0], values
+    assert [r for r in records(run) if "loss" in r][-1]["gpu_peak_mib"] > 0
+    exported = subprocess.run([sys.executable, "-m", "xkd", "export", str(run), str(tmp_path / "backbones")],
+                              env=gpu_env, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
 
 
 def test_mas_two_processes_lower_the_loss(train_shards, tmp_path):

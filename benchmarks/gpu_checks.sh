@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# What only a CUDA GPU shows, in stages that each fit a 10-minute slot. Run from anywhere, in an
+# environment where the project is installed (`./install.sh`, or on a machine with its own torch:
+# the DALI/webdataset/DeepSpeed/PyAV wheels, then `pip install --no-deps --no-build-isolation -e .`).
+#
+#   bash benchmarks/gpu_checks.sh tests      # GPU-marked tests: NVDEC decode, GPU log-mel, eval clips, bf16 step, bf16 ZeRO-2 run
+#   bash benchmarks/gpu_checks.sh pipeline   # DALI clips/s from 128-px VP9 shards (goal: 2,000 per H100)
+#   bash benchmarks/gpu_checks.sh model      # one XKD step with ViT-B in bf16 (goal: 1,500 clips/s per H100)
+#   bash benchmarks/gpu_checks.sh train      # the whole loop, ViT-B, ZeRO-2 bf16: end to end vs model only (goal: 90%)
+#   bash benchmarks/gpu_checks.sh all        # the four in turn
+#
+# The benchmarks write their figures to benchmarks/results/*_<GPU name>.json. When $OUT is set (a
+# device session), each stage's log and those result files are copied there as well.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+failed=()
+
+run_stage() {  # run_stage NAME COMMAND...: run it, keep its log, remember a failure and go on
+  local name=$1 log
+  shift
+  log=${OUT:-${TMPDIR:-/tmp}}/gpu_$name.log
+  echo "== $name: $*"
+  "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  if ((rc != 0)); then
+    echo "== $name failed (exit $rc), log: $log"
+    failed+=("$name")
+  fi
+}
+
+if ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  echo "gpu_checks: $python sees no CUDA GPU (or has no torch); set PYTHON to the environment's python" >&2
+  exit 2
+fi
+stages=("$@")
+[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline model train)
+for stage in "${stages[@]}"; do
+  case $stage in
+    tests) run_stage tests "$python" -m pytest -q -rs -m gpu tests ;;
+    pipeline) run_stage pipeline "$python" benchmarks/bench_pipeline.py ;;
+    model) run_stage model "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 32 ;;
+    train) run_stage train "$python" benchmarks/bench_train.py --config xkd_base \
+      --deepspeed-config deepspeed_configs/zero2.json ;;
+    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, model, train, all)" >&2; exit 2 ;;
+  esac
+done
+if [[ -n ${OUT:-} ]]; then
+  gpu=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "_"))')
+  cp benchmarks/results/*"$gpu"*.json "$OUT"/ 2>/dev/null || true
+fi
+if ((${#failed[@]})); then
+  echo "gpu_checks: failed: ${failed[*]}"
+  exit 1
+fi
+echo "gpu_checks: all passed"
