@@ -78,6 +78,8 @@ def run_create(args) -> int:
             shard_size=parse_size(args.shard_size) if args.shard_size else None,
             seed=args.seed, shuffle=not args.no_shuffle, name=args.name, fast_decode=args.fast_decode,
             audio_only=args.audio_only)
+        for warning in opts.decode_warnings():
+            print(f"xkd shards create: warning: {warning}", file=sys.stderr)
         part = Part.parse(args.part)
         extensions = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if args.audio_only else VIDEO_EXTENSIONS
         inputs = load_inputs(args.input, labels=args.labels, classes_file=args.classes,

@@ -9,6 +9,10 @@ from fractions import Fraction
 CODECS = ("vp9", "h264", "hevc", "copy")
 MISSING_AUDIO_POLICIES = ("skip", "silence")
 AUDIO_RATE = 16000  # Hz, mono: what XKD's audio branch reads
+# The smallest frame side NVDEC (the GPU decoder behind DALI's "mixed" video decoding) accepts, per
+# codec, from the decoder capabilities of NVIDIA's Video Codec SDK. DALI decodes VP9 on the CPU as
+# well, H.264 and HEVC on the GPU only.
+NVDEC_MIN_SIDE = {"vp9": 128, "hevc": 144, "h264": 48}
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,16 @@ class ShardOptions:
             raise ValueError("--min-duration must be >= 0")
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.name):
             raise ValueError(f"--name {self.name!r}: letters, digits, '_' and '-' only")
+
+    def decode_warnings(self) -> list[str]:
+        """What these options mean for decoding the shards with DALI, where it is a limitation."""
+        smallest = NVDEC_MIN_SIDE.get(self.codec)
+        if self.audio_only or smallest is None or self.short_side >= smallest:
+            return []
+        where = "on the CPU only" if self.codec == "vp9" else "neither on the GPU nor on DALI's CPU decoder"
+        return [f"--codec {self.codec} --short-side {self.short_side}: NVDEC decodes {self.codec} frames of at "
+                f"least {smallest}x{smallest}, so these shards will decode {where}; use --short-side {smallest} "
+                f"or more"]
 
     @property
     def members(self) -> list[str]:

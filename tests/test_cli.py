@@ -28,3 +28,17 @@ def test_demo_shards_and_verifies_the_built_in_set(run_cli, tmp_path, capsys):
     assert manifest["rejected_counts"] == {"corrupt": 1, "empty": 1, "no_audio": 1, "too_short": 1}
     assert manifest["classes"] == {"ripples": 0, "waves": 1}
     assert verify(str(tmp_path / "shards"))["problems"] == []
+
+
+def test_create_warns_when_the_gpu_decoder_cannot_take_the_frame_size(run_cli, tmp_path, capsys):
+    """NVDEC decodes VP9 from 128 px and HEVC from 144 px a side: the tool says so before working."""
+    empty = tmp_path / "videos"
+    empty.mkdir()
+    for extra, expected in (([], None), (["--short-side", "112"], "on the CPU only"),
+                            (["--codec", "hevc"], "neither on the GPU nor on DALI's CPU decoder"),
+                            (["--codec", "hevc", "--short-side", "144"], None)):
+        assert run_cli("shards", "create", empty, tmp_path / "out", *extra) == 2  # no video in the folder
+        err = capsys.readouterr().err
+        assert ("warning" in err) == (expected is not None), (extra, err)
+        if expected:
+            assert expected in err and "--short-side" in err
