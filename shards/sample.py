@@ -14,7 +14,8 @@ import numpy as np
 from shards.audio import MonoResampler, encode_flac, fit_to_span
 from shards.inputs import InputItem, Rejection
 from shards.options import AUDIO_RATE, ShardOptions
-from shards.video import ConstantRateSampler, StreamCopier, VideoEncoder, output_size
+from shards.video import (ConstantRateSampler, StreamCopier, VideoEncoder, output_size, quarter_turns, turn_frame,
+                          upright_size)
 
 # A file whose decoded video covers less than this share of its declared duration is truncated.
 TRUNCATION_TOLERANCE = 0.9
@@ -213,9 +214,9 @@ class _DecodePass:
             ctx.options = {"skip_loop_filter": "all"}
         if audio_stream is not None:
             audio_stream.codec_context.thread_count = 1
-        self.width, self.height = output_size(ctx.width, ctx.height, opts.short_side)
-        if self.copy:
-            self.width, self.height = ctx.width, ctx.height
+        self.width, self.height = ctx.width, ctx.height  # the output's; set from the first frame when encoding
+        self.turns = 0  # quarter turns that stand the frames upright (display matrix)
+        self.sample_aspect_ratio = video_stream.sample_aspect_ratio or ctx.sample_aspect_ratio
         self.sampler = ConstantRateSampler(fps)
         self.resampler = MonoResampler() if audio_stream is not None else None
         self._encoder = None
@@ -296,15 +297,25 @@ class _DecodePass:
         self._last_time = start
 
     def _encode(self, frame) -> None:
-        if self._reformatted[0] is not frame:
-            shrinking = self.width * self.height <= frame.width * frame.height
-            resized = frame.reformat(width=self.width, height=self.height, format="yuv420p",
-                                     interpolation="AREA" if shrinking else "BICUBIC")
-            self._reformatted = (frame, resized)
         if self._encoder is None:
-            self._encoder = VideoEncoder(self.opts.codec, self.fps, self.width, self.height,
-                                         self.opts.crf, self.opts.gop_seconds)
+            self._set_output_geometry(frame)
+        if self._reformatted[0] is not frame:
+            # resize to the turned size first: the turn then moves only the small frame's pixels
+            width, height = (self.height, self.width) if self.turns % 2 else (self.width, self.height)
+            shrinking = width * height <= frame.width * frame.height
+            resized = frame.reformat(width=width, height=height, format="yuv420p",
+                                     interpolation="AREA" if shrinking else "BICUBIC")
+            self._reformatted = (frame, turn_frame(resized, self.turns))
         self._encoder.encode(self._reformatted[1])
+
+    def _set_output_geometry(self, frame) -> None:
+        """Output frames show the video as a player does: upright (display matrix) and with square
+        pixels (sample aspect ratio), short side `--short-side`."""
+        self.turns = quarter_turns(frame.rotation)
+        upright = upright_size(frame.width, frame.height, self.sample_aspect_ratio, self.turns)
+        self.width, self.height = output_size(*upright, self.opts.short_side)
+        self._encoder = VideoEncoder(self.opts.codec, self.fps, self.width, self.height,
+                                     self.opts.crf, self.opts.gop_seconds)
 
     def source_info(self, container, declared: float | None) -> dict:
         video = self.video_stream.codec_context
@@ -316,6 +327,8 @@ class _DecodePass:
             "fps": round(float(self.video_stream.average_rate or 0), 6),
             "duration": None if declared is None else round(declared, 6),
             "start_time": round(self.video_start or 0.0, 6),
+            "sample_aspect_ratio": str(self.sample_aspect_ratio or 1),
+            "rotation": None if self.copy else 90 * self.turns,  # copy: stored as is, turn unknown
         }
         if self.audio_stream is not None:
             audio = self.audio_stream.codec_context

@@ -1,6 +1,7 @@
 """Small synthetic videos made with PyAV, for the demo, the tests and the benchmarks: a moving
 colour pattern with a tone, optionally a white flash with a click at a chosen time (to check
-audio/video alignment), variable frame rate, no audio, or a silent track."""
+audio/video alignment), variable frame rate, no audio, or a silent track; a display rotation (as
+phones write) or non-square pixels (anamorphic video) on request."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -26,9 +27,10 @@ def _pattern(index: int, width: int, height: int, seed: int) -> np.ndarray:
 def write_clip(path, *, seconds: float = 2.0, fps: float = 25, width: int = 160, height: int = 120,
                codec: str = "libx264", container: str | None = None, audio: str = "tone",
                audio_rate: int = 44100, flash_at: float | None = None, vfr: bool = False,
-               seed: int = 0) -> str:
+               seed: int = 0, rotation: float | None = None, sample_aspect_ratio: Fraction | None = None) -> str:
     """audio: 'tone', 'none' (no audio stream) or 'silent' (an all-zero track).
-    flash_at: white frames for FLASH_SECONDS and a 10 ms click, both starting at that time. vfr: irregular frame spacing."""
+    flash_at: white frames for FLASH_SECONDS and a 10 ms click, both starting at that time. vfr: irregular frame spacing.
+    rotation: display-matrix angle, degrees counter-clockwise. sample_aspect_ratio: pixel width / height."""
     rng = np.random.default_rng(seed)
     options = {"preset": "ultrafast"} if codec == "libx264" else {}
     with av.open(str(path), "w", format=container) as out:
@@ -37,6 +39,10 @@ def write_clip(path, *, seconds: float = 2.0, fps: float = 25, width: int = 160,
         odd = width % 2 or height % 2  # 4:2:0 needs even sizes; 4:4:4 takes any
         video.pix_fmt = "yuvj420p" if codec == "mjpeg" else ("yuv444p" if odd else "yuv420p")
         video.codec_context.time_base = Fraction(1, 1000)
+        if sample_aspect_ratio is not None:
+            video.codec_context.sample_aspect_ratio = sample_aspect_ratio
+        if rotation is not None:
+            video.set_display_rotation(rotation)
         sound = None
         if audio != "none":
             sound = out.add_stream("aac", rate=audio_rate, layout="stereo")

@@ -7,6 +7,7 @@ from collections import deque
 from fractions import Fraction
 
 import av
+import numpy as np
 
 # Encoder settings per codec: closed GOP of `gop` frames, no B-frames / hidden alt-ref frames, one
 # thread (a shard worker is one core), constant quality. `crf` is filled in by the caller.
@@ -26,6 +27,34 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     if width <= height:
         return short_side, max(2, round(height * short_side / width / 2) * 2)
     return max(2, round(width * short_side / height / 2) * 2), short_side
+
+
+def quarter_turns(rotation: float | None) -> int:
+    """Counter-clockwise quarter turns that show a frame upright, from the rotation of its display
+    matrix (degrees counter-clockwise, as FFmpeg and PyAV's `frame.rotation` give it; a phone's
+    portrait video says 90 or -90). Other angles snap to the nearest quarter turn."""
+    return round((rotation or 0) / 90) % 4
+
+
+def upright_size(width: int, height: int, sample_aspect_ratio, turns: int) -> tuple[float, float]:
+    """The displayed (width, height): non-square pixels stretched (anamorphic video), then turned."""
+    ratio = float(sample_aspect_ratio) if sample_aspect_ratio else 1.0
+    display_width = width * ratio if 0.1 <= ratio <= 10 else width  # an absurd ratio is a broken header
+    return (height, display_width) if turns % 2 else (display_width, height)
+
+
+def turn_frame(frame, turns: int):
+    """A yuv420p frame turned counter-clockwise by `turns` quarter turns, plane by plane (exact)."""
+    if turns == 0:
+        return frame
+    width, height = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+    turned = av.VideoFrame(width, height, "yuv420p")
+    for source, target in zip(frame.planes, turned.planes):
+        pixels = np.frombuffer(source, np.uint8).reshape(source.height, source.line_size)[:, :source.width]
+        rows = np.zeros((target.height, target.line_size), np.uint8)  # lines are padded to line_size
+        rows[:, :target.width] = np.rot90(pixels, turns)
+        target.update(rows)
+    return turned
 
 
 class ConstantRateSampler:

@@ -192,3 +192,50 @@ def test_constant_rate_sampler_picks_the_last_frame_at_or_before_each_time():
     assert fresh.needs(0.31, 0.4)  # before the first frame: unsure, so decode
     fresh.push("a", 0.0)
     assert not fresh.needs(0.31, 0.4) and fresh.needs(0.45, 0.6)
+
+
+def source_frame(path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def best_turn(shard_frame: np.ndarray, stored: np.ndarray) -> tuple[int, float]:
+    """Which counter-clockwise quarter turn of the stored frame the shard frame shows, and how well."""
+    height, width = shard_frame.shape[:2]
+    scores = {}
+    for turns in range(4):
+        turned = np.ascontiguousarray(np.rot90(stored, turns))
+        if (turned.shape[0] > turned.shape[1]) != (height > width):
+            continue
+        expected = av.VideoFrame.from_ndarray(turned, format="rgb24").reformat(width=width, height=height)
+        scores[turns] = np.corrcoef(expected.to_ndarray(format="rgb24").ravel(), shard_frame.ravel())[0, 1]
+    turns = max(scores, key=scores.get)
+    return turns, scores[turns]
+
+
+@pytest.mark.parametrize("rotation, turns, size", [(90, 1, (128, 170)), (-90, 3, (128, 170)), (180, 2, (170, 128))])
+def test_rotated_video_is_stored_upright(tmp_path, rotation, turns, size):
+    """A phone's portrait video (stored landscape with a display rotation) comes out as a player
+    shows it: turned, with the short side on the right axis."""
+    path = write_clip(tmp_path / "phone.mp4", seconds=1.5, fps=8, width=160, height=120, rotation=rotation)
+    sample = sample_of(tmp_path / "phone.mp4")
+    assert (sample.meta["width"], sample.meta["height"]) == size
+    assert sample.meta["source_info"]["rotation"] == 90 * turns
+    frames, _ = decode_video(sample)
+    found, score = best_turn(frames[0][0], source_frame(path))
+    assert found == turns and score > 0.9, (found, score)
+
+
+def test_anamorphic_video_gets_square_pixels(tmp_path):
+    """160x120 stored with pixels twice as wide as high shows as 320x120: 342x128 in the shard."""
+    from fractions import Fraction
+
+    path = write_clip(tmp_path / "wide.mp4", seconds=1.5, fps=8, width=160, height=120,
+                      sample_aspect_ratio=Fraction(2, 1))
+    sample = sample_of(tmp_path / "wide.mp4")
+    assert (sample.meta["width"], sample.meta["height"]) == (342, 128)
+    assert sample.meta["source_info"]["sample_aspect_ratio"] == "2"
+    frames, stream = decode_video(sample)
+    assert stream.sample_aspect_ratio in (None, 1)
+    found, score = best_turn(frames[0][0], source_frame(path))
+    assert found == 0 and score > 0.9, (found, score)
