@@ -53,8 +53,9 @@ def clear_stale_extension_locks(max_age_s: float = 600.0) -> list[Path]:
 
 
 def start_process() -> Process:
-    """Initialise torch.distributed (NCCL on GPUs, gloo on CPU) through DeepSpeed."""
-    on_gpu = torch.cuda.is_available()
+    """Initialise torch.distributed (NCCL on GPUs, gloo on CPU) through DeepSpeed. DS_ACCELERATOR=cpu
+    keeps a run on the CPU where a GPU is visible too (DeepSpeed's own switch, so both agree)."""
+    on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
         clear_stale_extension_locks()
