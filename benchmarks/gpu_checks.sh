@@ -5,9 +5,10 @@
 #
 #   bash benchmarks/gpu_checks.sh tests      # GPU-marked tests: NVDEC decode, GPU log-mel, eval clips, bf16 step, bf16 ZeRO-2 run
 #   bash benchmarks/gpu_checks.sh pipeline   # DALI clips/s from 128-px VP9 shards (goal: 2,000 per H100)
+#   bash benchmarks/gpu_checks.sh stages     # CPU ms per sample of each pipeline stage on this host's cores
 #   bash benchmarks/gpu_checks.sh model      # one XKD step with ViT-B in bf16 (goal: 1,500 clips/s per H100)
 #   bash benchmarks/gpu_checks.sh train      # the whole loop, ViT-B, ZeRO-2 bf16: end to end vs model only (goal: 90%)
-#   bash benchmarks/gpu_checks.sh all        # the four in turn
+#   bash benchmarks/gpu_checks.sh all        # the five in turn
 #
 # The benchmarks write their figures to benchmarks/results/*_<GPU name>.json. When $OUT is set (a
 # device session), each stage's log and those result files are copied there as well.
@@ -34,15 +35,16 @@ if ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
   exit 2
 fi
 stages=("$@")
-[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline model train)
+[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline stages model train)
 for stage in "${stages[@]}"; do
   case $stage in
     tests) run_stage tests "$python" -m pytest -q -rs -m gpu tests ;;
     pipeline) run_stage pipeline "$python" benchmarks/bench_pipeline.py ;;
+    stages) run_stage stages "$python" benchmarks/bench_pipeline_stages.py ;;
     model) run_stage model "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 32 ;;
     train) run_stage train "$python" benchmarks/bench_train.py --config xkd_base \
       --deepspeed-config deepspeed_configs/zero2.json ;;
-    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, model, train, all)" >&2; exit 2 ;;
+    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, stages, model, train, all)" >&2; exit 2 ;;
   esac
 done
 if [[ -n ${OUT:-} ]]; then
