@@ -27,13 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import nvidia.dali.math as dmath  # noqa: E402
 from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
 from bench_pipeline import make_shards  # noqa: E402
 from dali_pipelines.config import DataConfig  # noqa: E402
-from dali_pipelines.ops import audio_view, random_index  # noqa: E402
-from dali_pipelines.pretrain import pretrain_pipeline, read_shards  # noqa: E402
+from dali_pipelines.ops import audio_view  # noqa: E402
+from dali_pipelines.pretrain import decode_clip, decode_waveform, pretrain_pipeline, read_shards  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
 from report import report  # noqa: E402
 
@@ -46,11 +45,8 @@ def stage_pipeline(shards: ShardSet, cfg: DataConfig, stage: str):
     if stage == "read":
         return lengths
     if stage == "video":
-        clip_frames = round(cfg.fps * cfg.clip_seconds)
-        start = random_index(dmath.max(lengths[0] - clip_frames + 1, 1))  # as the pretraining pipeline
-        return fn.decoders.video(video, device="cpu", start_frame=start, sequence_length=clip_frames,
-                                 pad_mode="edge")
-    waveform, _ = fn.decoders.audio(flac, dtype=types.FLOAT, downmix=True, sample_rate=cfg.mel.sample_rate)
+        return decode_clip(video, lengths, cfg)[0]
+    waveform = decode_waveform(flac, cfg)
     if stage == "flac":
         return waveform
     clip = fn.slice(waveform, 0, round(cfg.clip_seconds * cfg.mel.sample_rate), axes=[0],

@@ -105,29 +105,20 @@ def time_create(corpus: Path, out: Path, workers: int, **options) -> float:
     return elapsed
 
 
-def decode_only(path: Path) -> float:
-    """The machine's ceiling: decoding the video stream alone, one thread, every frame kept."""
-    started = time.perf_counter()
-    with av.open(str(path)) as src:
-        stream = src.streams.video[0]
-        stream.thread_type, stream.codec_context.thread_count = "SLICE", 1
-        for _ in src.decode(stream):
-            pass
-    return time.perf_counter() - started
-
-
-def bare_transcode(path: Path) -> float:
-    """PyAV alone: decode the video stream, resize 1 frame in 3 (25 -> 8 fps), encode VP9."""
+def yardstick(path: Path, transcode: bool) -> float:
+    """PyAV alone on the video stream, one thread: decoding every frame (the machine's ceiling), and
+    with `transcode` also resizing 1 frame in 3 (25 -> 8 fps) and encoding it to VP9. Seconds."""
     started = time.perf_counter()
     with av.open(str(path)) as src:
         stream = src.streams.video[0]
         stream.thread_type, stream.codec_context.thread_count = "SLICE", 1
         width, height = output_size(stream.width, stream.height, 128)
-        encoder = VideoEncoder("vp9", Fraction(8), width, height, None, 1.0)
+        encoder = VideoEncoder("vp9", Fraction(8), width, height, None, 1.0) if transcode else None
         for index, frame in enumerate(src.decode(stream)):
-            if index % 3 == 0:
+            if encoder is not None and index % 3 == 0:
                 encoder.encode(frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA"))
-        encoder.close()
+        if encoder is not None:
+            encoder.close()
     return time.perf_counter() - started
 
 
@@ -151,8 +142,8 @@ def main() -> None:
 
         single = work / "bbb" / "v000.mp4"
         configurations = {
-            "decode_only": lambda: decode_only(single),
-            "bare": lambda: bare_transcode(single),
+            "decode_only": lambda: yardstick(single, transcode=False),
+            "bare": lambda: yardstick(single, transcode=True),
             "1_worker": lambda: time_create(work / "bbb", work / "out", workers=1),
             "2_workers": lambda: time_create(work / "bbb", work / "out", workers=2),
             "fast_decode": lambda: time_create(work / "bbb", work / "out", workers=1, fast_decode=True),

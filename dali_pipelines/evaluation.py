@@ -16,7 +16,7 @@ from dali_pipelines.config import DataConfig
 from dali_pipelines.iterator import BatchIterator
 from dali_pipelines.loader import _device_index
 from dali_pipelines.ops import floor_int, log_mel, output_type, padded_json
-from dali_pipelines.pretrain import READER
+from dali_pipelines.pretrain import READER, decode_waveform
 from dali_pipelines.shardset import ShardSet
 
 MODALITIES = ("both", "video", "audio")
@@ -72,8 +72,7 @@ def eval_pipeline(shards: ShardSet, cfg: DataConfig, modality: str = "both", sha
                                    frames=frame_ids, pad_mode="edge")
         outputs.append(_crops(frames, cfg, dtype))
     if use_audio:
-        waveform, _ = fn.decoders.audio(members["flac"], dtype=types.FLOAT, downmix=True,
-                                        sample_rate=cfg.mel.sample_rate)
+        waveform = decode_waveform(members["flac"], cfg)
         windows = [fn.slice(waveform, audio_starts[k], clip_samples, axes=[0], out_of_bounds_policy="pad",
                             fill_values=0.0) for k in range(clips)]
         if gpu:

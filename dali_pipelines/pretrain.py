@@ -27,6 +27,22 @@ def read_shards(shards: ShardSet, cfg: DataConfig, shard_id: int, num_shards: in
     return video, audio, padded_json(meta), fn.reinterpret(lengths, dtype=types.INT32)
 
 
+def decode_clip(video_bytes, lengths, cfg: DataConfig, gpu: bool = False):
+    """(frames (F, H, W, C) uint8, start frame): a clip of `clip_seconds` from a uniform start,
+    decoded from the key frame before it; a shorter video repeats its last frame."""
+    clip_frames = round(cfg.fps * cfg.clip_seconds)
+    start = random_index(dmath.max(lengths[0] - clip_frames + 1, 1))
+    frames = fn.decoders.video(video_bytes, device="mixed" if gpu else "cpu", start_frame=start,
+                               sequence_length=clip_frames, pad_mode="edge")
+    return frames, start
+
+
+def decode_waveform(flac, cfg: DataConfig):
+    """The whole FLAC member as a mono float waveform at the mel sample rate."""
+    waveform, _ = fn.decoders.audio(flac, dtype=types.FLOAT, downmix=True, sample_rate=cfg.mel.sample_rate)
+    return waveform
+
+
 @pipeline_def(enable_conditionals=False)
 def pretrain_pipeline(shards: ShardSet, cfg: DataConfig, shard_id: int = 0, num_shards: int = 1,
                       gpu: bool = False):
@@ -38,11 +54,8 @@ def pretrain_pipeline(shards: ShardSet, cfg: DataConfig, shard_id: int = 0, num_
     samples_per_frame = cfg.mel.sample_rate // cfg.fps
 
     # one start for both modalities: video frame `start` is audio sample `start * sr / fps`
-    start = random_index(dmath.max(lengths[0] - clip_frames + 1, 1))
-    frames = fn.decoders.video(video_bytes, device="mixed" if gpu else "cpu", start_frame=start,
-                               sequence_length=clip_frames, pad_mode="edge")
-
-    waveform, _ = fn.decoders.audio(flac, dtype=types.FLOAT, downmix=True, sample_rate=cfg.mel.sample_rate)
+    frames, start = decode_clip(video_bytes, lengths, cfg, gpu)
+    waveform = decode_waveform(flac, cfg)
     clip_samples = round(cfg.clip_seconds * cfg.mel.sample_rate)
     clip_audio = fn.slice(waveform, start * samples_per_frame, clip_samples, axes=[0],
                           out_of_bounds_policy="pad", fill_values=0.0)
