@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import platform
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -130,6 +131,38 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
+def matmul_peak_tflops(device: torch.device, size: int = 8192, warmup: int = 3, iters: int = 10) -> float:
+    """The GPU's dense bf16 rate as a large matrix product on random data reaches it: the ceiling
+    that a step's achieved TFLOP/s is read against."""
+    a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(warmup):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * iters / (time.perf_counter() - start) / 1e12
+
+
+def top_kernels(step, batch, device: torch.device, steps: int = 3, rows: int = 15) -> list[dict]:
+    """Where a step's GPU time goes: the kernels with the most CUDA time over `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step(batch)
+        synchronize(device)
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    events.sort(key=lambda e: -e.self_device_time_total)
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows), flush=True)
+    return [{"kernel": e.key[:120], "ms_per_step": round(e.self_device_time_total / 1e3 / steps, 3),
+             "share": round(e.self_device_time_total / total, 4), "calls_per_step": e.count // steps}
+            for e in events[:rows]] + [{"kernels_per_step": sum(e.count for e in events) // steps,
+                                        "gpu_busy_ms_per_step": round(total / 1e3 / steps, 3)}]
+
+
 def bench_attention(cfg, batch_size: int, device: torch.device, warmup: int, iters: int) -> dict:
     """Forward + backward of the attention op alone at the decoder sequence lengths."""
     heads, dim = cfg.model.decoder.num_heads, cfg.model.decoder.embed_dim
@@ -167,6 +200,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 CPU, 5 CUDA)")
     parser.add_argument("--attention-batch", type=int, default=32,
                         help="clips for the attention-op comparison (default: 32, the paper's per-GPU batch)")
+    parser.add_argument("--profile", action="store_true",
+                        help="CUDA: also list the first variant's largest kernels (torch.profiler)")
     parser.add_argument("--out", default=None, help="also write the JSON here (default on CUDA: benchmarks/results/)")
     args = parser.parse_args(argv)
 
@@ -201,6 +236,8 @@ def main(argv=None) -> int:
             result["paired_fused_step_ms"] = 1e3 * fused_seconds
             result["paired_explicit_step_ms"] = 1e3 * explicit_seconds
             result["sdpa_speedup_step"] = explicit_seconds / fused_seconds
+        if on_gpu and args.profile and variant == variants[0]:
+            result["top_kernels"] = top_kernels(step, batch, device)
         result["gflops_per_clip"] = count_flops(model, batch, device) / batch_size / 1e9
         result["tflops_per_s"] = result["gflops_per_clip"] * result["clips_per_s"] / 1e3
         per_variant[variant] = result
@@ -222,11 +259,19 @@ def main(argv=None) -> int:
         return round(sum(r["explicit_ms"] for r in results.values()) / sum(r["fused_ms"] for r in results.values()), 3)
 
     first = per_variant[variants[0]]
+    peak = {}
+    if on_gpu:  # the ceiling, measured on this GPU in this run
+        peak["bf16_matmul_tflops"] = round(matmul_peak_tflops(device), 1)
+        peak["share_of_bf16_matmul"] = round(first["tflops_per_s"] / peak["bf16_matmul_tflops"], 4)
+        print(f"bf16 matrix product: {peak['bf16_matmul_tflops']} TFLOP/s; the step reaches "
+              f"{100 * peak['share_of_bf16_matmul']:.1f}% of it", flush=True)
     summary = {
+        "command": shlex.join(["python", "benchmarks/bench_model.py", *(sys.argv[1:] if argv is None else argv)]),
         "preset": args.preset, "variant": variants[0], "device": torch.cuda.get_device_name(device) if on_gpu else
         f"cpu ({torch.get_num_threads()} threads)", "dtype": "bf16 autocast" if on_gpu else "fp32",
         "batch_size": batch_size, "attention_batch_size": args.attention_batch, "clips_per_s": round(first["clips_per_s"], 3),
-        "gflops_per_clip": round(first["gflops_per_clip"], 3), "peak_memory_mib": round(first["peak_memory_mib"], 1),
+        "gflops_per_clip": round(first["gflops_per_clip"], 3),
+        "tflops_per_s": round(first["tflops_per_s"], 2), **peak, "peak_memory_mib": round(first["peak_memory_mib"], 1),
         "sdpa_speedup_attention": op_speedup(attention[args.attention_batch]),
         "sdpa_speedup_attention_at_step_batch": op_speedup(attention[batch_size]),
         "sdpa_speedup_step": round(first["sdpa_speedup_step"], 3),

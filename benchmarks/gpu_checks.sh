@@ -4,14 +4,18 @@
 # the DALI/webdataset/DeepSpeed/PyAV wheels, then `pip install --no-deps --no-build-isolation -e .`).
 #
 #   bash benchmarks/gpu_checks.sh tests      # GPU-marked tests: NVDEC decode, GPU log-mel, eval clips, bf16 step, bf16 ZeRO-2 run
-#   bash benchmarks/gpu_checks.sh pipeline   # DALI clips/s from 128-px VP9 shards (goal: 2,000 per H100)
+#   bash benchmarks/gpu_checks.sh pipeline   # DALI clips/s from 128-px VP9 shards (goal: 2,000 per GPU), NVDEC load
+#   bash benchmarks/gpu_checks.sh decode     # video decode alone and the whole pipeline with 1/2/4/7 DALI pipelines per GPU
 #   bash benchmarks/gpu_checks.sh stages     # CPU ms per sample of each pipeline stage on this host's cores
-#   bash benchmarks/gpu_checks.sh model      # one XKD step with ViT-B in bf16 (goal: 1,500 clips/s per H100)
+#   bash benchmarks/gpu_checks.sh model      # one XKD step with ViT-B in bf16 at 32 and 128 clips: TFLOP/s, share
+#                                            # of the bf16 matrix-product peak (goal: half), largest kernels
 #   bash benchmarks/gpu_checks.sh train      # the whole loop, ViT-B, ZeRO-2 bf16: end to end vs model only (goal: 90%)
-#   bash benchmarks/gpu_checks.sh all        # the five in turn
+#   bash benchmarks/gpu_checks.sh all        # the six in turn
 #
 # The benchmarks write their figures to benchmarks/results/*_<GPU name>.json. When $OUT is set (a
-# device session), each stage's log and those result files are copied there as well.
+# device session), each stage's log and those result files are copied there as well. Every stage
+# runs under a time limit (STAGE_TIMEOUT seconds, default 300) so one hang cannot eat a GPU lease.
+# On a machine with its own torch, the other packages come from `bash benchmarks/gpu_env.sh install`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -22,7 +26,7 @@ run_stage() {  # run_stage NAME COMMAND...: run it, keep its log, remember a fai
   shift
   log=${OUT:-${TMPDIR:-/tmp}}/gpu_$name.log
   echo "== $name: $*"
-  "$@" 2>&1 | tee "$log"
+  timeout "${STAGE_TIMEOUT:-300}" "$@" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   if ((rc != 0)); then
     echo "== $name failed (exit $rc), log: $log"
@@ -35,21 +39,37 @@ if ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
   exit 2
 fi
 stages=("$@")
-[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline stages model train)
+[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline decode stages model train)
+gpu_file=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "_"))')
 for stage in "${stages[@]}"; do
   case $stage in
     tests) run_stage tests "$python" -m pytest -q -rs -m gpu tests ;;
-    pipeline) run_stage pipeline "$python" benchmarks/bench_pipeline.py ;;
-    stages) run_stage stages "$python" benchmarks/bench_pipeline_stages.py ;;
-    model) run_stage model "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 32 ;;
+    pipeline)
+      # NVDEC load while DALI decodes: dmon's 'dec' column, one line a second
+      dmon=${OUT:-${TMPDIR:-/tmp}}/gpu_pipeline_dmon.log
+      nvidia-smi dmon -s u -d 1 >"$dmon" 2>&1 &
+      dmon_pid=$!
+      run_stage pipeline "$python" benchmarks/bench_pipeline.py --warmup 30 --batches 200
+      kill "$dmon_pid" 2>/dev/null ;;
+    decode)
+      dmon=${OUT:-${TMPDIR:-/tmp}}/gpu_decode_dmon.log
+      nvidia-smi dmon -s u -d 1 >"$dmon" 2>&1 &
+      dmon_pid=$!
+      run_stage decode "$python" benchmarks/bench_video_decode.py
+      kill "$dmon_pid" 2>/dev/null ;;
+    stages) run_stage stages "$python" benchmarks/bench_pipeline_stages.py \
+      --out "benchmarks/results/pipeline_stages_$gpu_file.json" ;;
+    model)
+      run_stage model "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 32 --profile
+      run_stage model_b128 "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 128 \
+        --out "benchmarks/results/bench_model_base_b128_$gpu_file.json" ;;
     train) run_stage train "$python" benchmarks/bench_train.py --config xkd_base \
       --deepspeed-config deepspeed_configs/zero2.json ;;
-    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, stages, model, train, all)" >&2; exit 2 ;;
+    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, decode, stages, model, train, all)" >&2; exit 2 ;;
   esac
 done
 if [[ -n ${OUT:-} ]]; then
-  gpu=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "_"))')
-  cp benchmarks/results/*"$gpu"*.json "$OUT"/ 2>/dev/null || true
+  cp benchmarks/results/*"$gpu_file"*.json "$OUT"/ 2>/dev/null || true
 fi
 if ((${#failed[@]})); then
   echo "gpu_checks: failed: ${failed[*]}"

@@ -19,8 +19,10 @@ CASES = {
                                   "video_ms_per_sample", "full_ms_per_sample"}),
     "bench_model.py": (["--variants", "xkd", "--iters", "1", "--warmup", "1", "--batch-size", "2",
                         "--attention-batch", "2"],
-                       {"clips_per_s", "gflops_per_clip", "sdpa_speedup_attention", "sdpa_speedup_step",
-                        "device", "preset"}),
+                       {"clips_per_s", "gflops_per_clip", "tflops_per_s", "sdpa_speedup_attention",
+                        "sdpa_speedup_step", "device", "preset", "command"}),
+    "bench_video_decode.py": (["--clips", "8", "--batch-size", "2", "--pipelines", "1,2", "--warmup", "1",
+                               "--batches", "2"], {"best_clips_per_s", "results", "device", "command"}),
     "bench_train.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2"],
                        {"e2e_clips_per_s", "model_only_clips_per_s", "data_wait_fraction", "device", "preset"}),
 }
