@@ -21,6 +21,7 @@ CASES = {
                         "--attention-batch", "2"],
                        {"clips_per_s", "gflops_per_clip", "tflops_per_s", "sdpa_speedup_attention",
                         "sdpa_speedup_step", "device", "preset", "command"}),
+    "mmd_diagonal.py": (["--preset", "xkd_micro", "--batch-size", "2"], {"student", "teacher", "command"}),
     "bench_video_decode.py": (["--clips", "8", "--batch-size", "2", "--pipelines", "1,2", "--warmup", "1",
                                "--batches", "2"], {"best_clips_per_s", "results", "device", "command"}),
     "bench_train.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2"],

@@ -16,20 +16,55 @@ def test_presets_exist_and_load():
         assert cfg.name == name
 
 
-def test_base_defaults_are_the_papers():
-    cfg = load_config("xkd_base")
-    m, l = cfg.model, cfg.loss
-    assert (m.encoder.embed_dim, m.encoder.depth, m.encoder.num_heads, m.encoder.qkv_bias) == (768, 12, 12, False)
-    assert (m.decoder.embed_dim, m.decoder.depth, m.decoder.num_heads) == (384, 4, 12)
-    assert (m.head.hidden_dim, m.head.bottleneck_dim, m.head.out_dim) == (2048, 256, 8192)
-    assert (m.video.mask_ratio, m.audio.mask_ratio, m.teacher_view) == (0.85, 0.80, 1)
-    assert (l.align_coeff, l.cmkd_coeff, l.recon_coeff) == (1, 1, 5)
-    assert (l.teacher_temp_video, l.teacher_temp_audio, l.student_temp_video) == (0.1, 0.07, 0.1)
-    assert cfg == ExperimentConfig()  # the dataclass defaults and the shipped YAML agree
-    mas = load_config("xkd_mas_base")
-    assert mas.model.variant == "xkd_mas" and (mas.loss.teacher_temp_video_warmup, mas.loss.teacher_temp_video) == (0.09, 0.11)
-    assert (mas.loss.teacher_temp_audio_warmup, mas.loss.teacher_temp_audio) == (0.04, 0.06)
-    assert load_config("xkd_mats_base").model.variant == "xkd_mats"
+# The authors' configs (xkd.yaml, xkd_mas.yaml, xkd_mats.yaml), as the spec reads them: the values every
+# preset of a variant must keep, whatever its size. Teacher temperatures are (warm-up start, final).
+AUTHORS_LOSS = {"align_coeff": 1.0, "cmkd_coeff": 1.0, "recon_coeff": 5.0, "student_temp_video": 0.1,
+                "student_temp_audio": 0.1, "teacher_temp_warmup_epochs": 30, "center_momentum": 0.9,
+                "mmd_gammas": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3]}
+AUTHORS_TEACHER_TEMPS = {  # video (start, final), audio (start, final)
+    "xkd": ((0.1, 0.1), (0.07, 0.07)),
+    "xkd_mas": ((0.09, 0.11), (0.04, 0.06)),
+    "xkd_mats": ((0.1, 0.1), (0.07, 0.07)),  # XKD's, not MAS's: only MAS ramps
+}
+AUTHORS_LOCAL_VIEWS = {"xkd": (1, 1), "xkd_mas": (3, 1), "xkd_mats": (3, 1)}  # (video, audio)
+AUTHORS_TRAIN = {"base_lr": 1e-4, "lr_reference_batch": 256, "min_lr": 0.0, "weight_decay": 0.3,
+                 "weight_decay_end": 0.3, "betas": [0.9, 0.95], "eps": 1e-8, "ema_momentum": 0.997,
+                 "ema_momentum_end": 1.0, "clip_grad": 0.3, "clip_mode": "per_parameter", "decay_tokens": True}
+AUTHORS_BASE_TRAIN = {"epochs": 800, "warmup_epochs": 30}  # the presets for short runs shorten these
+
+
+def variant_presets() -> list[str]:
+    return sorted(name for name in available_presets() if name != "xkd_micro")
+
+
+@pytest.mark.parametrize("preset", variant_presets())
+def test_every_preset_keeps_its_variants_loss_data_and_train_values(preset):
+    cfg = load_config(preset)
+    variant = cfg.model.variant
+    assert preset.startswith(variant + "_") and preset.rsplit("_", 1)[1] in ("tiny", "small", "base")
+    loss = cfg.loss
+    assert {key: getattr(loss, key) for key in AUTHORS_LOSS} == AUTHORS_LOSS
+    (video_start, video_final), (audio_start, audio_final) = AUTHORS_TEACHER_TEMPS[variant]
+    assert (loss.teacher_temp_video_warmup, loss.teacher_temp_video) == (video_start, video_final)
+    assert (loss.teacher_temp_audio_warmup, loss.teacher_temp_audio) == (audio_start, audio_final)
+    assert (loss.mmd_teacher_term, loss.refine_mode) == (True, "mean")
+    m = cfg.model
+    assert (m.video.mask_ratio, m.audio.mask_ratio, m.teacher_view, m.norm_pix_loss, m.student_global) == \
+        (0.85, 0.80, 1, True, "masked")
+    assert (m.video.num_frames, m.video.image_size, m.video.tubelet_size, m.video.patch_size) == (32, 112, 4, 16)
+    assert (m.audio.mel_bins, m.audio.num_frames, m.audio.patch_freq, m.audio.patch_time) == (80, 448, 4, 16)
+    assert (cfg.data.local_video_views, cfg.data.local_audio_views) == AUTHORS_LOCAL_VIEWS[variant]
+    assert {key: getattr(cfg.train, key) for key in AUTHORS_TRAIN} == AUTHORS_TRAIN
+    if preset.endswith("_base"):
+        assert {key: getattr(cfg.train, key) for key in AUTHORS_BASE_TRAIN} == AUTHORS_BASE_TRAIN
+        e, d, h = m.encoder, m.decoder, m.head
+        assert (e.embed_dim, e.depth, e.num_heads, e.mlp_ratio, e.qkv_bias) == (768, 12, 12, 4.0, False)
+        assert (d.embed_dim, d.depth, d.num_heads) == (384, 4, 12)
+        assert (h.hidden_dim, h.bottleneck_dim, h.out_dim, h.num_layers, h.norm_last_layer) == (2048, 256, 8192, 3, True)
+
+
+def test_the_base_preset_is_the_dataclass_default():
+    assert load_config("xkd_base") == ExperimentConfig()  # the dataclass defaults and the shipped YAML agree
 
 
 @pytest.mark.parametrize("preset,trainable,total", [("xkd_base", 206.35, 396.37), ("xkd_mas_base", 121.32, 311.35),

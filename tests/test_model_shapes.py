@@ -66,6 +66,22 @@ def test_mae_at_real_sizes_masks_exactly():
         assert encoder.patch_embed.patchify(torch.randn(shape)).shape == (2, patches, patch_dim)
 
 
+def test_decoder_projections_are_identities_where_the_widths_are_equal():
+    """The authors' rule: the tiny preset's audio decoder (width 64) predicts its 4x16 patches directly."""
+    with torch.device("meta"):
+        tiny, base = build_xkd(load_config("xkd_tiny")).students, build_xkd(load_config("xkd_base")).students
+        equal_in = build_xkd(load_config("xkd_tiny", ["model.decoder.embed_dim=96"])).students
+    assert isinstance(tiny.audio_decoder.out_proj, torch.nn.Identity)
+    assert isinstance(tiny.video_decoder.out_proj, torch.nn.Linear)  # 64 -> 3072
+    assert isinstance(tiny.audio_decoder.mid_proj, torch.nn.Linear)  # 96 -> 64
+    assert isinstance(equal_in.video_decoder.mid_proj, torch.nn.Identity)  # 96 -> 96
+    for decoder in (base.video_decoder, base.audio_decoder):  # never at the paper's sizes
+        assert isinstance(decoder.mid_proj, torch.nn.Linear) and isinstance(decoder.out_proj, torch.nn.Linear)
+    batch = synthetic_batch(load_config("xkd_tiny").model, 1)
+    model = build_xkd(load_config("xkd_tiny"))
+    assert torch.isfinite(model(batch["video"], batch["audio"])["loss"])
+
+
 def test_mask_counts_and_restore_order():
     assert (num_visible(392, 0.85), num_visible(560, 0.80)) == (59, 112)
     x = torch.arange(560, dtype=torch.float32).view(1, 560, 1).repeat(3, 1, 4)

@@ -9,22 +9,27 @@ from xkd.config import DecoderConfig
 from xkd.models.transformer import init_xavier, make_block_stack, run_blocks
 
 
+def _projection(in_dim: int, out_dim: int) -> nn.Module:
+    return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)
+
+
 class MAEDecoder(nn.Module):
     """Projects encoder tokens, fills masked slots with a mask token, decodes, predicts raw patches.
 
     As in the authors' code: learnable (not sin-cos) positions, no final norm, CLS kept through the
-    blocks and dropped at the end.
+    blocks and dropped at the end, and each projection an identity where its two widths are equal
+    (never at the paper's sizes; the tiny preset's audio output, 64 -> 4x16 patch values, is one).
     """
 
     def __init__(self, encoder_dim: int, num_patches: int, patch_dim: int, cfg: DecoderConfig):
         super().__init__()
         dim = cfg.embed_dim
         self.num_patches = num_patches
-        self.mid_proj = nn.Linear(encoder_dim, dim)
+        self.mid_proj = _projection(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, dim))
         self.blocks = make_block_stack(dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, qkv_bias=False)
-        self.out_proj = nn.Linear(dim, patch_dim)
+        self.out_proj = _projection(dim, patch_dim)
         self.mid_proj.apply(init_xavier)
         self.out_proj.apply(init_xavier)
         nn.init.normal_(self.mask_token, std=0.02)

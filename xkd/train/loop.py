@@ -70,6 +70,11 @@ class Trainer:
         self.zero3 = zero_stage(self.ds_config) == 3
         if self.precision == "fp16" and self.device.type == "cpu":
             raise RunRefused(f"{deepspeed_config_path}: fp16 needs a GPU; use a *_fp32.json config on CPU")
+        if cfg.data.output_dtype != "float32":
+            raise RunRefused(f"data.output_dtype={cfg.data.output_dtype}: pretraining takes float32 views, since "
+                             "the MAE targets and the teachers read them unrounded (bf16 rounding is about 18% "
+                             "noise on a flat patch's normalised target); autocast runs the students in "
+                             f"{self.precision}. Set data.output_dtype=float32.")
 
         self.data = data if data is not None else training_batches(
             ShardSet.from_path(shards), cfg, process.rank, process.world_size, self.device)
@@ -192,17 +197,18 @@ class Trainer:
     # ------------------------------------------------------------------------------- one step
 
     def _views(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        dtype = DTYPES[self.precision]
-
+        """The views on the device, as the pipeline made them (float32): never rounded to the training
+        precision here, since the MAE targets and the teachers read them (autocast casts the students'
+        matrix products)."""
         def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(self.device, dtype=dtype, non_blocking=True)
+            return t.to(self.device, non_blocking=True)
 
         return [move(v) for v in batch["video"]], [move(a) for a in batch["audio"]]
 
     def _forward(self, video, audio, epoch: int) -> dict:
         autocast = (torch.autocast(self.device.type, dtype=DTYPES[self.precision])
                     if self.precision != "fp32" else nullcontext())
-        with autocast:  # the fp32 teachers take the low-precision views
+        with autocast:  # as the authors: fp32 inputs and targets, low-precision matrix products
             return self.model(video, audio, epoch=epoch, students=self.engine)
 
     def _optimiser_step(self, values: dict) -> None:
