@@ -21,6 +21,14 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 failed=()
 
+with_decoder_load() {  # with_decoder_load NAME COMMAND...: run_stage, sampling NVDEC load ('dec' column) each second
+  local name=$1 dmon_pid
+  nvidia-smi dmon -s u -d 1 >"${OUT:-${TMPDIR:-/tmp}}/gpu_${name}_dmon.log" 2>&1 &
+  dmon_pid=$!
+  run_stage "$@"
+  kill "$dmon_pid" 2>/dev/null
+}
+
 run_stage() {  # run_stage NAME COMMAND...: run it, keep its log, remember a failure and go on
   local name=$1 log
   shift
@@ -44,19 +52,8 @@ gpu_file=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0).repla
 for stage in "${stages[@]}"; do
   case $stage in
     tests) run_stage tests "$python" -m pytest -q -rs -m gpu tests ;;
-    pipeline)
-      # NVDEC load while DALI decodes: dmon's 'dec' column, one line a second
-      dmon=${OUT:-${TMPDIR:-/tmp}}/gpu_pipeline_dmon.log
-      nvidia-smi dmon -s u -d 1 >"$dmon" 2>&1 &
-      dmon_pid=$!
-      run_stage pipeline "$python" benchmarks/bench_pipeline.py --warmup 30 --batches 200
-      kill "$dmon_pid" 2>/dev/null ;;
-    decode)
-      dmon=${OUT:-${TMPDIR:-/tmp}}/gpu_decode_dmon.log
-      nvidia-smi dmon -s u -d 1 >"$dmon" 2>&1 &
-      dmon_pid=$!
-      run_stage decode "$python" benchmarks/bench_video_decode.py
-      kill "$dmon_pid" 2>/dev/null ;;
+    pipeline) with_decoder_load pipeline "$python" benchmarks/bench_pipeline.py --warmup 30 --batches 200 ;;
+    decode) with_decoder_load decode "$python" benchmarks/bench_video_decode.py ;;
     stages) run_stage stages "$python" benchmarks/bench_pipeline_stages.py \
       --out "benchmarks/results/pipeline_stages_$gpu_file.json" ;;
     model)

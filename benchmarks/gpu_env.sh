@@ -15,6 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 part_mib=58  # a transfer carries 64 MiB with the working tree; leave room for the tree
 site=/tmp/site
+# wheels for the GPU machine's python3 (CPython 3.12, x86-64 Linux), whatever this machine runs
+target=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+        --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+        --platform manylinux1_x86_64)
 
 prepare() {
   local venv=.venv/bin/python stage wheels
@@ -33,17 +37,12 @@ for name in ("nvidia-dali-cuda130", "webdataset", "av", "soundfile", "scikit-vid
 EOF
 )
   # shellcheck disable=SC2086
-  "$venv" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$wheels" $pins \
+  "$venv" -m pip download -q --no-deps "${target[@]}" -d "$wheels" $pins \
     astunparse gast makefun nvtx optree 'libcst~=1.8' braceexpand hjson \
     pydantic pydantic-core annotated-types typing-inspection cffi pycparser
   DS_BUILD_OPS=0 "$venv" -m pip wheel -q --no-deps --no-build-isolation -w "$wheels" \
     "$("$venv" -m pip show deepspeed | sed -n 's/^Version: /deepspeed==/p')"
-  "$venv" -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-    --target "$stage/site" "$wheels"/*.whl
+  "$venv" -m pip install -q --no-deps --no-compile "${target[@]}" --target "$stage/site" "$wheels"/*.whl
   # DALI ships its bindings for every CPython (3.10 .. 3.15t); the machine runs 3.12
   find "$stage/site/nvidia/dali" -maxdepth 1 -name '*.cpython-*.so' ! -name '*cpython-312-*' -delete
   rm -rf .gpuenv && mkdir -p .gpuenv
