@@ -5,7 +5,8 @@ torch first and then this package with `--no-build-isolation`.
 """
 from setuptools import find_packages, setup
 
-# Versions checked together on the CPU machine and on the CUDA 13 GPU machines we target.
+# Versions checked together on the 2-core CPU machine, and run once on an NVIDIA H200 with CUDA 13
+# (2026-11-28: the 8 GPU tests pass; benchmarks/results/logs_NVIDIA_H200_2026-11-28/gpu_tests.log).
 TORCH = ["torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"]
 INSTALL_REQUIRES = TORCH + [
     "nvidia-dali-cuda130==2.4.0",

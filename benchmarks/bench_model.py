@@ -72,7 +72,7 @@ def make_step(model, optimizer, device):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        model.ema_update(0.997)
+        model.follow_students(0.997)
         return loss
 
     return step

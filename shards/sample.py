@@ -17,8 +17,11 @@ from shards.options import AUDIO_RATE, ShardOptions
 from shards.video import (ConstantRateSampler, StreamCopier, VideoEncoder, output_size, quarter_turns, turn_frame,
                           upright_size)
 
-# A file whose decoded video covers less than this share of its declared duration is truncated.
+# A file is truncated when its decoded stream covers less than 90% of its declared duration, less
+# 0.5 s: containers declare a little more than their last frame shows (the last frame's own length,
+# an audio tail, an edit list), which the allowance absorbs for short files.
 TRUNCATION_TOLERANCE = 0.9
+TRUNCATION_ALLOWANCE_S = 0.5
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _open(item: InputItem):
 def _check_span(span: float, declared: float | None, decoded: float, opts: ShardOptions) -> None:
     if span < opts.min_duration:
         raise Rejected("too_short", f"too short: {span:.2f} s decoded < --min-duration {opts.min_duration} s")
-    if declared is not None and decoded < TRUNCATION_TOLERANCE * declared - 0.5:
+    if declared is not None and decoded < TRUNCATION_TOLERANCE * declared - TRUNCATION_ALLOWANCE_S:
         raise Rejected("truncated", f"truncated: decoded {decoded:.2f} s of {declared:.2f} s declared")
 
 

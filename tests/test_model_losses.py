@@ -68,18 +68,53 @@ def test_kd_loss_equals_a_hand_computed_value():
             ces.append(-(q * log_p).sum())
     loss = loss_fn(student, teacher, student_temp=0.2, teacher_temp=0.5)
     assert loss.item() == pytest.approx(np.mean(ces), rel=1e-5)
-    # centre update after the loss: c <- 0.9 c + 0.1 mean_b(raw teacher)
+    assert torch.equal(loss_fn.center, torch.from_numpy(center[None]).float())  # the loss never moves it
+    loss_fn.update_center(teacher.mean(0))  # c <- 0.9 c + 0.1 mean_b(raw teacher)
     np.testing.assert_allclose(loss_fn.center.numpy()[0], 0.9 * center + 0.1 * t_np.mean(0), rtol=1e-6)
 
 
-def test_kd_centre_is_a_buffer_and_frozen_in_eval():
+def test_kd_centre_is_a_buffer():
     loss_fn = CrossModalDistillationLoss(5)
     assert "center" in dict(loss_fn.named_buffers()) and not list(loss_fn.parameters())
-    loss_fn.eval()
-    loss_fn(torch.randn(4, 5), torch.randn(2, 5), 0.1, 0.07)
-    assert torch.equal(loss_fn.center, torch.zeros(1, 5))
     with pytest.raises(ValueError, match="multiple"):
         loss_fn(torch.randn(3, 5), torch.randn(2, 5), 0.1, 0.07)
+
+
+def _criterion_inputs(batch: int, out_dim: int = 4, teacher_value: float | None = None):
+    student = {"video_logits": torch.randn(2 * batch, out_dim), "audio_logits": torch.randn(2 * batch, out_dim),
+               "recon_video": torch.tensor(0.5), "recon_audio": torch.tensor(0.5)}
+    if teacher_value is None:
+        teacher = {"video_logits": torch.randn(batch, out_dim), "audio_logits": torch.randn(batch, out_dim)}
+    else:
+        teacher = {"video_logits": torch.full((batch, out_dim), teacher_value),
+                   "audio_logits": torch.full((batch, out_dim), -teacher_value)}
+    return student, teacher
+
+
+def test_kd_centres_move_only_with_update_centres_from_the_kept_batches():
+    torch.manual_seed(0)
+    criterion = XKDLoss(LossConfig(center_momentum=0.5), out_dim=4)
+    centres = lambda: (criterion.kd_video_to_audio.center.clone(), criterion.kd_audio_to_video.center.clone())  # noqa: E731
+    criterion(*_criterion_inputs(2, teacher_value=1.0))  # kept: video teacher 1, audio teacher -1
+    criterion.keep_staged_batch()
+    criterion(*_criterion_inputs(6, teacher_value=float("nan")))  # staged, never kept (a non-finite batch)
+    criterion(*_criterion_inputs(2, teacher_value=3.0))  # kept below
+    assert all(torch.equal(c, torch.zeros(1, 4)) for c in centres())  # no forward moves a centre
+    criterion.keep_staged_batch()
+    criterion.update_centres()
+    # one update from the mean over both kept batches (2 rows of 1, 2 rows of 3): 0.5 * 0 + 0.5 * 2
+    video, audio = centres()
+    assert torch.allclose(video, torch.full((1, 4), 1.0)) and torch.allclose(audio, torch.full((1, 4), -1.0))
+    # a skipped step: its batches never reach the centres
+    criterion(*_criterion_inputs(2, teacher_value=100.0))
+    criterion.discard_centre_updates()
+    criterion.update_centres()
+    assert all(torch.equal(a, b) for a, b in zip(centres(), (video, audio)))
+    # in eval mode nothing is staged
+    criterion.eval()
+    criterion(*_criterion_inputs(2, teacher_value=100.0))
+    criterion.update_centres()
+    assert all(torch.equal(a, b) for a, b in zip(centres(), (video, audio)))
 
 
 def test_kd_loss_gradient_flows_to_the_student_only():
@@ -154,9 +189,9 @@ def test_total_loss_weights_and_directions():
     # video teacher (tau 0.1) -> audio student (tau 0.1); audio teacher (0.07) -> video student (its own 0.2)
     check = CrossModalDistillationLoss(16)
     assert out["loss_kd_video_to_audio"].item() == pytest.approx(
-        check(student["audio_logits"], teacher["video_logits"], 0.1, 0.1, update_center=False).item(), rel=1e-6)
+        check(student["audio_logits"], teacher["video_logits"], 0.1, 0.1).item(), rel=1e-6)
     assert out["loss_kd_audio_to_video"].item() == pytest.approx(
-        check(student["video_logits"], teacher["audio_logits"], 0.2, 0.07, update_center=False).item(), rel=1e-6)
+        check(student["video_logits"], teacher["audio_logits"], 0.2, 0.07).item(), rel=1e-6)
 
 
 def test_teacher_temperature_warmup_per_epoch():
@@ -182,11 +217,11 @@ def _centre_worker(rank: int, world_size: int, init_file: str, result_file: str)
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    loss_fn = CrossModalDistillationLoss(3, center_momentum=0.5)
-    teacher = torch.full((2, 3), float(rank + 1))  # rank 0 sees ones, rank 1 sees twos
-    loss_fn(torch.randn(4, 3), teacher, 0.1, 0.07)
+    criterion = XKDLoss(LossConfig(center_momentum=0.5), out_dim=3)
+    criterion(*_criterion_inputs(2, out_dim=3, teacher_value=float(rank + 1)))  # rank 0 ones, rank 1 twos
+    criterion.update_centres()
     if rank == 0:
-        torch.save(loss_fn.center, result_file)
+        torch.save(criterion.kd_video_to_audio.center, result_file)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -152,7 +152,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(variant):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        model.ema_update(0.99)
+        model.follow_students(0.99)
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
 

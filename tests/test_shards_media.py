@@ -239,3 +239,20 @@ def test_anamorphic_video_gets_square_pixels(tmp_path):
     assert stream.sample_aspect_ratio in (None, 1)
     found, score = best_turn(frames[0][0], source_frame(path))
     assert found == 0 and score > 0.9, (found, score)
+
+
+@pytest.mark.parametrize("declared, decoded, truncated", [
+    (10.0, 8.49, True), (10.0, 8.51, False),  # the rule: below 90% of the declared duration minus 0.5 s
+    (3.0, 2.19, True), (3.0, 2.21, False),    # a short file gets the 0.5 s allowance too
+    (None, 0.5, False),                       # nothing declared: nothing to compare with
+])
+def test_truncation_rule_at_its_boundary(declared, decoded, truncated):
+    from shards.sample import Rejected, _check_span
+
+    opts = ShardOptions(min_duration=0.1)
+    if truncated:
+        with pytest.raises(Rejected) as rejected:
+            _check_span(decoded, declared, decoded, opts)
+        assert rejected.value.category == "truncated" and f"decoded {decoded:.2f} s of {declared:.2f} s" in str(rejected.value)
+    else:
+        _check_span(decoded, declared, decoded, opts)

@@ -61,19 +61,48 @@ def test_schedules_follow_the_authors_and_scale_with_the_total_batch():
 
 
 def test_per_parameter_clipping_limits_each_gradient_on_its_own():
-    from xkd.train.clipping import clip_per_parameter
+    from xkd.train.gradients import check_and_clip
 
-    big, small = torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(3, 3))
-    big.grad, small.grad = torch.full((10,), 1.0), torch.full((3, 3), 0.01)
-    clip_per_parameter([big, small], max_norm=0.3)
+    big, small, free = (torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(3, 3)),
+                        torch.nn.Parameter(torch.zeros(5)))
+    big.grad, small.grad, free.grad = torch.full((10,), 1.0), torch.full((3, 3), 0.01), torch.full((5,), 1.0)
+    check = check_and_clip([big, small, free], [True, True, False], max_norm=0.3)
+    assert check.finite and check.layout == "full" and check.clipped == 1
     assert big.grad.norm().item() == pytest.approx(0.3, rel=1e-5)
     assert torch.allclose(big.grad, torch.full((10,), 0.3 / (10 ** 0.5 + 1e-6)))
     assert torch.equal(small.grad, torch.full((3, 3), 0.01))  # norm 0.03: untouched
+    assert torch.equal(free.grad, torch.full((5,), 1.0))  # not one of the clipped parameters
     # fp16 gradients still carry the loss scale: the limit applies to the unscaled norm
     scaled = torch.nn.Parameter(torch.zeros(4))
     scaled.grad = torch.full((4,), 0.1 * 1024)  # unscaled norm 0.2 < 0.3
-    clip_per_parameter([scaled], max_norm=0.3, scale=1024.0)
+    check_and_clip([scaled], [True], max_norm=0.3, scale=1024.0)
     assert torch.equal(scaled.grad, torch.full((4,), 0.1 * 1024))
+
+
+def test_a_nonfinite_gradient_is_found_and_nothing_is_clipped():
+    from xkd.train.gradients import check_and_clip
+
+    clean, broken = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    clean.grad, broken.grad = torch.full((4,), 5.0), torch.tensor([1.0, float("nan"), 0.0, 0.0])
+    check = check_and_clip([clean, broken], [True, False], max_norm=0.3)  # the broken one is not even clipped
+    assert not check.finite and check.clipped == 0
+    assert torch.equal(clean.grad, torch.full((4,), 5.0))
+    assert check_and_clip([clean], None).finite
+
+
+def test_a_skipped_optimizer_step_changes_neither_weights_nor_state():
+    from xkd.train.gradients import optimizer_step_skipped
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    weight.grad = torch.ones(3)
+    optimizer.step()
+    before = weight.detach().clone(), {k: v.clone() for k, v in optimizer.state[weight].items()}
+    with optimizer_step_skipped(optimizer):
+        optimizer.step()
+    assert torch.equal(weight, before[0]) and all(torch.equal(optimizer.state[weight][k], v) for k, v in before[1].items())
+    optimizer.step()  # and steps again afterwards
+    assert not torch.equal(weight, before[0])
 
 
 @pytest.fixture(scope="module")

@@ -46,8 +46,8 @@ class CrossModalDistillationLoss(nn.Module):
 
     The teacher output is centred with a running centre (a buffer, so it is checkpointed) and
     sharpened; every (teacher chunk, student chunk) pair counts, none is skipped since the two
-    come from different modalities. The centre is updated after the loss from the raw teacher
-    output, with the batch mean averaged across ranks when torch.distributed is initialised.
+    come from different modalities. The loss never changes the centre: `update_center` does, once
+    the optimiser step is known to be applied (see `XKDLoss.update_centres`).
     """
 
     def __init__(self, out_dim: int, center_momentum: float = 0.9):
@@ -56,12 +56,9 @@ class CrossModalDistillationLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, student_temp: float,
-                teacher_temp: float, update_center: bool = True) -> torch.Tensor:
+                teacher_temp: float) -> torch.Tensor:
         """student (V * B, K): V views of the B clips; teacher (B, K): the one teacher view."""
-        loss = self._loss(student, teacher.detach(), self.center, student_temp, teacher_temp)
-        if update_center and self.training:
-            self.update_center(teacher)
-        return loss
+        return self._loss(student, teacher.detach(), self.center, student_temp, teacher_temp)
 
     @staticmethod
     @_fp32
@@ -75,14 +72,10 @@ class CrossModalDistillationLoss(nn.Module):
         return -(q.unsqueeze(0) * log_p).sum(dim=-1).mean()
 
     @torch.no_grad()
-    def update_center(self, teacher: torch.Tensor) -> None:
-        batch_sum = teacher.detach().float().sum(dim=0, keepdim=True)
-        count = teacher.shape[0]
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_sum)
-            count *= dist.get_world_size()  # equal per-rank batches, as DINO assumes
-        batch_center = batch_sum / count
-        self.center.mul_(self.center_momentum).add_(batch_center.to(self.center.dtype),
+    def update_center(self, batch_mean: torch.Tensor) -> None:
+        """c <- m c + (1 - m) batch_mean, batch_mean (K,) being the raw teacher output's mean over the
+        whole (all-rank) batch of the step."""
+        self.center.mul_(self.center_momentum).add_(batch_mean.view_as(self.center).to(self.center.dtype),
                                                     alpha=1.0 - self.center_momentum)
 
 
@@ -169,7 +162,17 @@ def refined_pooling(video_tokens, audio_tokens, video_attn, audio_attn, mode: st
 class XKDLoss(nn.Module):
     """Combines the student and teacher outputs into every XKD loss term.
 
-    Holds the two KD centres (`kd_video_to_audio.center`, `kd_audio_to_video.center`).
+    Holds the two KD centres (`kd_video_to_audio.center` follows the video teacher,
+    `kd_audio_to_video.center` the audio teacher). The centres move only with an applied optimiser
+    step, so that a skipped batch (a non-finite loss or gradient) leaves them as they were:
+
+        losses = criterion(student, teacher)   # in training: stages this batch's teacher outputs
+        criterion.keep_staged_batch()          # the batch made it into the gradients
+        ...                                    # (more micro-batches under gradient accumulation)
+        criterion.update_centres()             # after an applied step: one update from every kept batch
+        criterion.discard_centre_updates()     # or, after a skipped step, none
+
+    Every rank must make the same calls (the update all-reduces the kept batches' sums).
     """
 
     def __init__(self, cfg: LossConfig, out_dim: int):
@@ -178,6 +181,38 @@ class XKDLoss(nn.Module):
         self.kd_video_to_audio = CrossModalDistillationLoss(out_dim, cfg.center_momentum)
         self.kd_audio_to_video = CrossModalDistillationLoss(out_dim, cfg.center_momentum)
         self.mmd = MMDLoss(cfg.mmd_gammas)
+        self._staged: torch.Tensor | None = None  # (2, K + 1): video and audio teacher sums, then the row count
+        self._kept: torch.Tensor | None = None
+
+    def _stage(self, teacher: dict) -> None:
+        rows = torch.stack([teacher["video_logits"].detach().float().sum(0),
+                            teacher["audio_logits"].detach().float().sum(0)])
+        count = rows.new_full((2, 1), float(teacher["video_logits"].shape[0]))
+        self._staged = torch.cat([rows, count], dim=1)
+
+    def keep_staged_batch(self) -> None:
+        """The last forward's batch counts towards the next centre update."""
+        if self._staged is not None:
+            self._kept = self._staged if self._kept is None else self._kept + self._staged
+            self._staged = None
+
+    def discard_centre_updates(self) -> None:
+        self._staged = self._kept = None
+
+    @torch.no_grad()
+    def update_centres(self) -> None:
+        """c <- m c + (1 - m) mean of the raw teacher outputs over every kept batch of the step, on every
+        rank (DINO's update; under gradient accumulation the step's batch is all its micro-batches)."""
+        self.keep_staged_batch()  # a plain loop (forward, backward, step) need not call it
+        if self._kept is None:
+            return
+        totals = self._kept
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(totals)
+        means = totals[:, :-1] / totals[:, -1:]
+        self.kd_video_to_audio.update_center(means[0])
+        self.kd_audio_to_video.update_center(means[1])
+        self._kept = None
 
     def teacher_temperatures(self, epoch: int) -> tuple[float, float]:
         c = self.cfg
@@ -202,6 +237,8 @@ class XKDLoss(nn.Module):
         else:
             out["loss_align"] = out["loss_align_student"]
 
+        if self.training:
+            self._stage(teacher)
         # video teacher -> audio student, audio teacher -> video student; no intra-modal term
         out["loss_kd_video_to_audio"] = self.kd_video_to_audio(
             student["audio_logits"], teacher["video_logits"], c.student_temp_audio, temp_video)

@@ -3,12 +3,13 @@
     model = XKD(cfg.model, cfg.loss)
     losses = model(video_views, audio_views, epoch)   # dict of every term, total in losses["loss"]
     losses["loss"].backward(); optimizer.step()
-    model.ema_update(momentum)
+    model.follow_students(momentum)                    # teachers' EMA and KD centres, after an applied step
 
 `model.students` holds every trainable parameter (encoders, DINO heads, MAE decoders) and can be
 wrapped by DeepSpeed on its own: pass the engine as `model(..., students=engine)`. `model.teachers`
 (EMA copies of the student encoders and heads) never gets gradients and stays in fp32.
-`model.criterion` holds the two KD centres (buffers).
+`model.criterion` holds the two KD centres (buffers); they move only in `follow_students`, so a
+step that is skipped (non-finite loss or gradient) changes neither teachers nor centres.
 """
 from __future__ import annotations
 
@@ -163,6 +164,13 @@ class XKD(nn.Module):
         audio_pairs = [(s, t) for s, t in self.ema_pairs("audio") if id(t) not in done]
         ema_update(video_pairs, momentum)
         ema_update(audio_pairs, momentum if momentum_audio is None else momentum_audio)
+
+    @torch.no_grad()
+    def follow_students(self, momentum: float, momentum_audio: float | None = None) -> None:
+        """After an applied optimiser step: teachers <- EMA of the students, KD centres <- the step's
+        teacher outputs (see `XKDLoss.update_centres`)."""
+        self.ema_update(momentum, momentum_audio)
+        self.criterion.update_centres()
 
     def param_groups(self, weight_decay: float, decay_tokens: bool = True) -> list[dict]:
         """Optimizer groups over the trainable student parameters (spec section 4).

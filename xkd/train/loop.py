@@ -1,8 +1,10 @@
 """The XKD pretraining loop under DeepSpeed.
 
 Students (encoders, DINO heads, MAE decoders) live in the DeepSpeed engine; the EMA teachers and
-the KD centres stay outside it in fp32 and follow the students after every optimiser step
-(gathered first under ZeRO-3). LR, weight decay and EMA momentum follow per-iteration schedules,
+the KD centres stay outside it in fp32 and follow the students after every applied optimiser step
+(gathered first under ZeRO-3). A batch with a non-finite loss, or a step with a non-finite
+gradient, is skipped on every rank and changes nothing: no weight, optimizer state, teacher or
+centre. LR, weight decay and EMA momentum follow per-iteration schedules,
 the teacher temperatures per-epoch ones (spec section 4).
 """
 from __future__ import annotations
@@ -100,8 +102,13 @@ class Trainer:
             raise RuntimeError(f"DeepSpeed changed the optimizer groups ({len(groups)} -> "
                                f"{len(self.optimizer.param_groups)}): the weight-decay schedule cannot be applied")
         self._seed_rank_streams()
+        self.base_optimizer = optimizer  # the torch optimizer inside DeepSpeed's wrappers
         # student backbones and heads: clipped per parameter and averaged into the teachers
         self.backbone_and_head_params = self.model.students.backbone_and_head_parameters()
+        self.student_params = [p for p in self.model.students.parameters() if p.requires_grad]
+        clipped = {id(p) for p in self.backbone_and_head_params}
+        self.clip_flags = [id(p) in clipped for p in self.student_params]
+        self.gradient_layout: str | None = None
 
         self.step, self.nonfinite_total, self.nonfinite_in_a_row = 0, 0, 0
         self.checkpoints = CheckpointManager(self.run_dir, train.keep_checkpoints, process.rank, self.device)
@@ -211,23 +218,35 @@ class Trainer:
         with autocast:  # as the authors: fp32 inputs and targets, low-precision matrix products
             return self.model(video, audio, epoch=epoch, students=self.engine)
 
-    def _optimiser_step(self, values: dict) -> None:
-        """LR / weight decay for this step, per-parameter clipping, the step, then the teachers' EMA."""
+    def _optimiser_step(self, values: dict) -> bool:
+        """LR / weight decay for this step, the gradient check and per-parameter clipping, the step, then
+        the teachers' EMA and the KD centres. Returns False when the gradients were not finite on some
+        rank: then nothing changed (every rank skips alike)."""
         from deepspeed import zero
 
-        from xkd.train.clipping import clip_per_parameter, loss_scale
+        from xkd.train.gradients import check_and_clip, loss_scale, optimizer_step_skipped
 
         for index, group in enumerate(self.optimizer.param_groups):
             group["lr"] = values["lr"]
             if index in self.decayed_groups:  # biases, norms (and tokens, if so set) stay at 0
                 group["weight_decay"] = values["weight_decay"]
         train = self.cfg.train
-        if train.clip_grad > 0 and train.clip_mode == "per_parameter":
-            clip_per_parameter(self.backbone_and_head_params, train.clip_grad, loss_scale(self.engine))
-        self.engine.step()
-        if self.engine.was_step_applied():
+        per_parameter = train.clip_grad > 0 and train.clip_mode == "per_parameter"
+        check = check_and_clip(self.student_params, self.clip_flags if per_parameter else None, train.clip_grad,
+                               loss_scale(self.engine))
+        if self.gradient_layout is None:
+            self.gradient_layout = check.layout
+            self.log.event(self.step, "gradients", layout=check.layout, parameters=len(self.student_params))
+        # fp16: DeepSpeed finds the overflow itself and lowers the loss scale (was_step_applied is False)
+        skip = not check.finite and self.precision != "fp16"
+        with optimizer_step_skipped(self.base_optimizer) if skip else nullcontext():
+            self.engine.step()
+        if self.engine.was_step_applied() and not skip:
             with zero.GatheredParameters(self.backbone_and_head_params, enabled=self.zero3):
-                self.model.ema_update(values["momentum"], values["momentum"])
+                self.model.follow_students(values["momentum"], values["momentum"])
+        else:
+            self.model.criterion.discard_centre_updates()
+        return not skip
 
     # ------------------------------------------------------------------------------- the loop
 
@@ -284,20 +303,25 @@ class Trainer:
                 all_max(flags_and_terms[:2])
                 nonfinite, stop, *terms = flags_and_terms.tolist()
                 if nonfinite:
-                    self._skip_nonfinite(losses, epoch)
+                    bad = sorted(k for k, v in losses.items() if not torch.isfinite(v).all())
+                    self._skip_nonfinite("nonfinite_loss_skipped", epoch, bad or ["on another rank"])
                 else:
-                    self.nonfinite_in_a_row = 0
                     self.engine.backward(losses["loss"])
+                    self.model.criterion.keep_staged_batch()
                     boundary = self.engine.is_gradient_accumulation_boundary()
                     values = self.schedules.at(self.step)
+                    applied = True
                     if boundary:
-                        self._optimiser_step(values)
+                        applied = self._optimiser_step(values)
                         micro_batches_pending = 0
                     else:
                         self.engine.step()  # DeepSpeed counts micro-steps here
                         micro_batches_pending += 1
                     window.add(dict(zip(losses, terms)), batch["video"][0].shape[0] * self.process.world_size)
-                    if boundary:
+                    if not applied:
+                        self._skip_nonfinite("nonfinite_gradient_skipped", epoch, ["gradient"])
+                    elif boundary:
+                        self.nonfinite_in_a_row = 0
                         self.step += 1
                         bar.update(1)
                         if self.step % train.log_every_steps == 0 or self.step == self.last_step:
@@ -322,18 +346,16 @@ class Trainer:
             self.save_checkpoint()
         return "finished"
 
-    def _skip_nonfinite(self, losses: dict, epoch: int) -> None:
+    def _skip_nonfinite(self, event: str, epoch: int, bad: list[str]) -> None:
         self.nonfinite_total += 1
         self.nonfinite_in_a_row += 1
-        bad = sorted(k for k, v in losses.items() if not torch.isfinite(v).all())
-        self.log.event(self.step, "nonfinite_loss_skipped", epoch=epoch, terms=bad or ["on another rank"],
-                       in_a_row=self.nonfinite_in_a_row)
+        self.log.event(self.step, event, epoch=epoch, terms=bad, in_a_row=self.nonfinite_in_a_row)
         limit = self.cfg.train.max_nonfinite_in_a_row
         if self.nonfinite_in_a_row >= limit:
             newest = complete_tags(self.run_dir)
             raise NonFiniteLossError(
-                f"{limit} batches in a row gave a non-finite loss (at step {self.step}, epoch {epoch}; terms "
-                f"{', '.join(bad) or 'on another rank'}): stopping. Lower train.base_lr, use bf16 instead of "
+                f"{limit} batches in a row gave a non-finite loss or gradient (at step {self.step}, epoch {epoch}; "
+                f"{', '.join(bad)}): stopping. Lower train.base_lr, use bf16 instead of "
                 f"fp16, or check the data; the newest complete checkpoint is "
                 f"{newest[-1] if newest else 'none'} in {self.run_dir / 'checkpoints'}")
 
