@@ -392,11 +392,11 @@ def test_a_second_run_on_the_same_out_is_refused(train_shards, tmp_path):
     run = tmp_path / "run"
     holder = f"{run} is being written by another run (host {socket.gethostname()}, pid {os.getpid()}, since"
     with FolderLock(str(run / "writer.lock"), str(run)):
-        alone = run_plain(*pretrain_args(train_shards, run), check=False)
+        alone = run_plain(*pretrain_args(train_shards, run, "train.max_steps=1"), check=False)
         assert alone.returncode == 2 and f"xkd pretrain: {holder}" in alone.stderr
         # under a launcher rank 0 is refused and the other ranks stop with it instead of waiting
         launcher = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
-        launched = subprocess.run([*launcher, str(BIN / "xkd"), *pretrain_args(train_shards, run)], env=ENV,
+        launched = subprocess.run([*launcher, str(BIN / "xkd"), *pretrain_args(train_shards, run, "train.max_steps=1")], env=ENV,
                                   capture_output=True, text=True, timeout=600)
     assert launched.returncode != 0 and (launched.stdout + launched.stderr).count(holder) == 1
     assert not (run / "metrics.jsonl").exists()
