@@ -171,7 +171,7 @@ def test_shards_index_refuses_a_tar_that_is_not_one_of_ours(shards, run_cli, cap
     assert run_cli("shards", "index", shards, "--quiet") == 2
     err = capsys.readouterr().err
     assert "refused notes.tar: member readme.txt is not an xkd sample member" in err
-    assert "refused shard-000002.tar: " in err and "copy it again" in err
+    assert "refused shard-000002.tar: unreadable tar: unexpected end of data" in err and "copy it again" in err
     assert not (shards / "notes.idx").exists() and not (shards / "shard-000002.idx").exists()
     assert run_cli("shards", "index", shards / "nowhere") == 2
 
