@@ -1,4 +1,4 @@
-"""`xkd shards create|verify|stats`."""
+"""`xkd shards create|verify|index|stats`."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,12 @@ def register(subparsers) -> None:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=run_verify)
 
+    index = commands.add_parser("index", help="(re)write the DALI .idx of every tar that lacks one or "
+                                              "whose index does not match it")
+    index.add_argument("out_dir")
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
+    index.set_defaults(func=run_index)
+
     stats = commands.add_parser("stats", help="print the totals of a shard folder")
     stats.add_argument("out_dir")
     stats.add_argument("--json", action="store_true", help="print the manifest's totals as JSON")
@@ -66,6 +72,7 @@ def register(subparsers) -> None:
 
 def run_create(args) -> int:
     from shards.create import Part, PlanMismatch, create_shards
+    from shards.folder_lock import FolderBusy
     from shards.inputs import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, InputError, load_inputs
     from shards.options import ShardOptions, parse_size
     from shards.verify import format_stats
@@ -95,7 +102,7 @@ def run_create(args) -> int:
     try:
         manifest = create_shards(inputs, args.out_dir, opts, workers=args.workers, part=part,
                                  progress=not args.quiet)
-    except PlanMismatch as exc:
+    except (PlanMismatch, FolderBusy) as exc:
         print(f"xkd shards create: {exc}", file=sys.stderr)
         return 2
     elapsed = time.monotonic() - started
@@ -118,6 +125,24 @@ def run_verify(args) -> int:
         status = "OK" if not report["problems"] else f"{len(report['problems'])} problem(s)"
         print(f"verified {report['shards']} shards, {report['samples']} samples: {status}")
     return 1 if report["problems"] else 0
+
+
+def run_index(args) -> int:
+    from shards.reindex import index_folder
+
+    try:
+        report = index_folder(args.out_dir, progress=not args.quiet)
+    except OSError as exc:
+        print(f"xkd shards index: {exc}", file=sys.stderr)
+        return 2
+    for name in report.written:
+        print(f"wrote {name}")
+    for reason in report.refused:
+        print(f"xkd shards index: refused {reason} (not a whole xkd shard: copy it again, or move it out of "
+              "this folder)", file=sys.stderr)
+    print(f"{len(report.written)} index(es) written, {report.unchanged} already matched, "
+          f"{len(report.refused)} tar(s) refused")
+    return 2 if report.refused else 0
 
 
 def run_stats(args) -> int:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from shards.folder_lock import FolderLock
 from shards.inputs import InputItem, InputSet, Rejection
 from shards.manifest import STATE_DIR, atomic_write_json, write_manifest
 from shards.options import ShardOptions
@@ -77,20 +78,24 @@ def plan_fingerprint(order: list[InputItem], inputs: InputSet, opts: ShardOption
 
 def create_shards(inputs: InputSet, out_dir: str, opts: ShardOptions, *, workers: int = 1,
                   part: Part = Part(), progress: bool = True) -> dict:
-    """Writes this part's shards into out_dir and (re)writes manifest.json. Returns the manifest."""
+    """Writes this part's shards into out_dir and (re)writes manifest.json. Returns the manifest.
+    Raises FolderBusy while another run writes the same part."""
     order = plan_order(inputs.items, opts)
     state_dir = os.path.join(out_dir, STATE_DIR)
     os.makedirs(state_dir, exist_ok=True)
-    _check_plan(state_dir, order, inputs, opts, part)
-
     prefix = part.shard_prefix(opts.name)
-    first, last = part.slice(len(order))
-    records = _completed_records(out_dir, prefix)
-    _remove_leftovers(out_dir, prefix, next_shard=len(records))
-    done = records[-1]["end"] if records else first
-    if not (records and records[-1]["final"]):
-        _run_part(order, done, last, out_dir, opts, prefix, len(records), workers, progress, first, classes=inputs.classes)
-    return write_manifest(out_dir)
+    # one writer per part: a second run of the same part would delete this one's temporary files
+    folder = out_dir if part.count == 1 else f"{out_dir} (--part {part.index}/{part.count})"
+    with FolderLock(os.path.join(state_dir, f"{prefix}.lock"), folder, "xkd shards create"):
+        _check_plan(state_dir, order, inputs, opts, part)
+        first, last = part.slice(len(order))
+        records = _completed_records(out_dir, prefix)
+        _remove_leftovers(out_dir, prefix, next_shard=len(records))
+        done = records[-1]["end"] if records else first
+        if not (records and records[-1]["final"]):
+            _run_part(order, done, last, out_dir, opts, prefix, len(records), workers, progress, first,
+                      classes=inputs.classes)
+        return write_manifest(out_dir)
 
 
 def _check_plan(state_dir, order, inputs, opts, part) -> None:

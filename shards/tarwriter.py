@@ -11,6 +11,8 @@ TAR_BLOCK = tarfile.BLOCKSIZE  # 512
 TAR_RECORD = tarfile.RECORDSIZE  # the archive is padded to a multiple of this on close
 TMP_SUFFIX = ".tmp"
 
+IndexEntry = tuple[str, int, int, str]  # one member: (extension, data offset, size, member name)
+
 
 def _padded(size: int) -> int:
     return -(-size // TAR_BLOCK) * TAR_BLOCK
@@ -30,7 +32,7 @@ class ShardWriter:
     def __init__(self, tar_path: str, idx_path: str):
         self.tar_path, self.idx_path = tar_path, idx_path
         self._tar = tarfile.open(tar_path + TMP_SUFFIX, "w", format=tarfile.USTAR_FORMAT)
-        self._index_lines: list[str] = []
+        self._index: list[list[IndexEntry]] = []
         self.samples = 0
 
     def size_if_added(self, members) -> int:
@@ -46,20 +48,17 @@ class ShardWriter:
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
             data_offset = self._tar.offset - _padded(len(data))
-            components.append(f"{extension} {data_offset} {len(data)} {info.name}")
-        self._index_lines.append(" ".join(components))
+            components.append((extension, data_offset, len(data), info.name))
+        self._index.append(components)
         self.samples += 1
 
     def commit(self) -> int:
-        """Close, sync and rename into place; returns the tar's size."""
+        """Close, sync and rename into place (index first, tar last); returns the tar's size."""
         self._tar.close()
-        with open(self.idx_path + TMP_SUFFIX, "w") as handle:
-            handle.write(f"v1.2 {len(self._index_lines)}\n")
-            handle.write("".join(line + "\n" for line in self._index_lines))
-        for path in (self.idx_path, self.tar_path):
-            with open(path + TMP_SUFFIX, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(path + TMP_SUFFIX, path)
+        with open(self.tar_path + TMP_SUFFIX, "rb") as handle:
+            os.fsync(handle.fileno())
+        write_index(self.idx_path, self._index)
+        os.replace(self.tar_path + TMP_SUFFIX, self.tar_path)
         return os.path.getsize(self.tar_path)
 
     def abort(self) -> None:
@@ -69,7 +68,41 @@ class ShardWriter:
                 os.remove(path + TMP_SUFFIX)
 
 
-def read_index(idx_path: str) -> list[list[tuple[str, int, int, str]]]:
+def format_index(samples: list[list[IndexEntry]]) -> str:
+    """The text of a v1.2 index: a header, then one line per sample listing its members."""
+    lines = [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in members)
+             for members in samples]
+    return f"v1.2 {len(lines)}\n" + "".join(line + "\n" for line in lines)
+
+
+def write_index(idx_path: str, samples: list[list[IndexEntry]]) -> None:
+    """Write an index under a temporary name, sync it and rename it into place: a reader sees the
+    old index or the whole new one, never half of one."""
+    with open(idx_path + TMP_SUFFIX, "w") as handle:
+        handle.write(format_index(samples))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(idx_path + TMP_SUFFIX, idx_path)
+
+
+def tar_samples(archive: tarfile.TarFile):
+    """(key, [(member, index entry), ...]) per sample of an open tar, in archive order: the samples
+    that a v1.2 index lists (members sharing the name before the first dot, regular files only)."""
+    key, members = None, []
+    for member in archive:
+        if not member.isfile():
+            continue
+        name_key, ext = member.name.split(".", 1) if "." in member.name else (member.name, "")
+        if name_key != key and members:
+            yield key, members
+            members = []
+        key = name_key
+        members.append((member, (ext, member.offset_data, member.size, member.name)))
+    if members:
+        yield key, members
+
+
+def read_index(idx_path: str) -> list[list[IndexEntry]]:
     """Parse a v1.2 index: per sample, its (extension, data offset, size, member name)."""
     with open(idx_path) as handle:
         header = handle.readline().split()

@@ -15,7 +15,7 @@ import soundfile
 from shards.manifest import load_manifest
 from shards.options import AUDIO_RATE
 from shards.sample import lengths_member
-from shards.tarwriter import read_index
+from shards.tarwriter import read_index, tar_samples
 
 
 def _check_video(name: str, data: bytes, meta: dict) -> list[str]:
@@ -83,16 +83,9 @@ def verify_shard(out_dir: str, shard: dict, expected_members: list[str]) -> tupl
     actual_index = []
     try:
         with tarfile.open(tar_path) as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                key, ext = member.name.split(".", 1)
-                data = archive.extractfile(member).read()
-                if key not in samples:
-                    samples[key] = {}
-                    actual_index.append([])
-                samples[key][ext] = data
-                actual_index[-1].append((ext, member.offset_data, member.size, member.name))
+            for key, members in tar_samples(archive):
+                samples[key] = {entry[0]: archive.extractfile(member).read() for member, entry in members}
+                actual_index.append([entry for _, entry in members])
     except (tarfile.TarError, OSError, ValueError) as exc:
         return 0, problems + [f"{shard['tar']}: unreadable tar: {exc}"]
     if index != actual_index:

@@ -24,6 +24,8 @@ CASES = {
     "mmd_diagonal.py": (["--preset", "xkd_micro", "--batch-size", "2"], {"student", "teacher", "command"}),
     "bench_video_decode.py": (["--clips", "8", "--batch-size", "2", "--pipelines", "1,2", "--warmup", "1",
                                "--batches", "2"], {"best_clips_per_s", "results", "device", "command"}),
+    "bench_preflight.py": (["--shards", "20", "--samples-per-shard", "3", "--runs", "1"],
+                           {"shards", "per_shard_us"}),
     "bench_train.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2"],
                        {"e2e_clips_per_s", "model_only_clips_per_s", "data_wait_fraction", "device", "preset"}),
 }

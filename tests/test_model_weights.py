@@ -118,8 +118,60 @@ def test_import_weights_command_round_trip(tmp_path, modality, capsys):
 
 def test_import_weights_command_reports_a_bad_file(tmp_path, capsys):
     torch.save({"cuboid_embed.proj.weight": torch.zeros(3, 3)}, tmp_path / "bad.pth.tar")
-    assert run_import([str(tmp_path / "bad.pth.tar"), str(tmp_path / "out")]) == 1
-    assert "bad.pth.tar" in capsys.readouterr().out
+    assert run_import([str(tmp_path / "bad.pth.tar"), str(tmp_path / "out")]) == 2
+    assert "bad.pth.tar" in capsys.readouterr().err
+
+
+def small_official(modality="video", width=64, heads=4):
+    """The authors' key names at width 64, depth 2, MLP width 256 (4 heads)."""
+    model_cfg = load_config("xkd_base", [f"model.encoder.embed_dim={width}", "model.encoder.depth=2",
+                                         f"model.encoder.num_heads={heads}"]).model
+    return to_official(build_encoder(modality, model_cfg).state_dict(), modality)
+
+
+def reshaped(key, shape):
+    return lambda state: {**state, key: torch.zeros(shape)}
+
+
+def without(*keys):
+    return lambda state: {k: v for k, v in state.items() if k not in keys}
+
+
+# (file content made from a good backbone, or raw bytes) -> what the refusal must say
+ODD_FILES = {
+    "cls_token": (reshaped("cls_token", (1, 1, 63)),
+                  ["as most keys agree", "wrong shape (1): cls_token: file (1, 1, 63) vs model (1, 1, 64)"]),
+    "fc1": (reshaped("encoder.blocks.0.mlp.fc1.weight", (250, 64)),
+            ["width 64, depth 2, MLP width 256", "wrong shape (1): encoder.blocks.0.mlp.fc1.weight: file (250, 64) "
+                                                 "vs model (256, 64)"]),
+    "fc2": (reshaped("encoder.blocks.1.mlp.fc2.weight", (63, 256)),
+            ["wrong shape (1): encoder.blocks.1.mlp.fc2.weight: file (63, 256) vs model (64, 256)"]),
+    "missing": (without("cls_token", "encoder.blocks.1.mlp.fc1.weight"),
+                ["missing (2): cls_token, encoder.blocks.1.mlp.fc1.weight"]),
+    "no_blocks": (lambda state: {k: v for k, v in state.items() if "blocks" not in k}, ["no encoder blocks"]),
+    "not_tensors": (lambda state: {"epoch": 3, "args": "lr=1"}, ["no state_dict found"]),
+    "a_list": (lambda state: [1, 2, 3], ["expected a state_dict, got list"]),
+    "width_for_other_heads": (lambda state: small_official(width=66, heads=3),
+                              ["width the keys agree on, 66, is not divisible by 4 attention heads", "--num-heads"]),
+    "empty": (b"", ["the file is empty"]),
+    "text": (b"not a checkpoint\n" * 10, ["cannot be read as a PyTorch file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_FILES))
+def test_odd_files_are_refused_naming_what_is_wrong(tmp_path, capsys, case):
+    make, expected = ODD_FILES[case]
+    source = tmp_path / f"{case}.pth.tar"
+    if isinstance(make, bytes):
+        source.write_bytes(make)
+    else:
+        torch.save(make(small_official()), source)
+    assert run_import([str(source), str(tmp_path / "out"), "--num-heads", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"xkd import-weights: {source}: ")
+    for text in expected:
+        assert text in err
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_save_and_load_backbone_for_a_shared_stack_encoder(tmp_path):

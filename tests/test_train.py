@@ -338,6 +338,7 @@ def test_resume_after_kill9_reproduces_the_uninterrupted_losses(train_shards, tm
     assert complete(killed)[-1] == "step000000005"
     resumed = run_plain(*pretrain_args(train_shards, killed, *sets, config=config), "--resume", "auto")
     assert "resumed from" in resumed.stdout and "step 5, epoch 0, batch 5" in resumed.stdout
+    assert f"{killed}: taking over the lock left by a run that ended without releasing it" in resumed.stderr
 
     expected, got = losses(straight), losses(killed)
     assert sorted(got) == sorted(expected) == list(range(1, 15))
@@ -426,6 +427,45 @@ def test_a_sample_that_does_not_decode_is_named_and_left_out(train_shards, tmp_p
     left_out = [r for r in records(run) if r.get("event") == "sample_left_out"]
     assert len(left_out) == 1 and key in left_out[0]["reason"]
     assert complete(run) == ["step000000010"] and records(run)[-2]["skipped_samples_total"] == 1
+
+
+def test_broken_shards_are_refused_or_left_out_before_training(train_shards, tmp_path):
+    broken = tmp_path / "shards"
+    shutil.copytree(train_shards, broken)
+    names = [s["tar"] for s in json.loads((broken / "manifest.json").read_text())["shards"]]
+    cut = broken / names[1]
+    cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 2])  # an interrupted copy
+    (broken / names[2]).with_suffix(".idx").unlink()  # copied without its index
+    strict = run_plain(*pretrain_args(broken, tmp_path / "strict", "train.skip_bad_samples=false"), check=False)
+    assert strict.returncode == 2, strict.stderr[-3000:]
+    assert strict.stderr.startswith(f"xkd pretrain: {cut}: ") and "(and 1 more shard(s))" in strict.stderr
+    assert f"`xkd shards verify {broken}`" in strict.stderr and "Traceback" not in strict.stderr
+    assert not (tmp_path / "strict" / "metrics.jsonl").exists()
+
+    run = tmp_path / "run"
+    done = run_plain(*pretrain_args(broken, run, "train.max_steps=2", "train.log_every_steps=1"))
+    assert f"shard left out: {cut}:" in done.stderr
+    assert (f"shards left out: 2\n  {cut}: " in done.stdout
+            and f"{broken / names[2]}: its index {Path(names[2]).stem}.idx is missing; run `xkd shards index "
+                f"{broken}`" in done.stdout)
+    left_out = [r["reason"] for r in records(run) if r.get("event") == "shard_left_out"]
+    assert len(left_out) == 2 and complete(run) == ["step000000002"]
+
+
+def test_a_second_run_on_the_same_out_is_refused(train_shards, tmp_path):
+    from shards.folder_lock import FolderLock
+
+    run = tmp_path / "run"
+    holder = f"{run} is being written by another run (host {socket.gethostname()}, pid {os.getpid()}, since"
+    with FolderLock(str(run / "writer.lock"), str(run)):
+        alone = run_plain(*pretrain_args(train_shards, run, "train.max_steps=1"), check=False)
+        assert alone.returncode == 2 and f"xkd pretrain: {holder}" in alone.stderr
+        # under a launcher rank 0 is refused and the other ranks stop with it instead of waiting
+        launcher = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+        launched = subprocess.run([*launcher, str(BIN / "xkd"), *pretrain_args(train_shards, run, "train.max_steps=1")], env=ENV,
+                                  capture_output=True, text=True, timeout=600)
+    assert launched.returncode != 0 and (launched.stdout + launched.stderr).count(holder) == 1
+    assert not (run / "metrics.jsonl").exists()
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(train_shards, tmp_path):

@@ -17,16 +17,18 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     from xkd.backbone_io import save_backbone
-    from xkd.config import load_config
+    from xkd.config import ConfigError, load_config
     from xkd.weights import WeightImportError, load_official_backbone
 
     try:
         encoder, modality, model_cfg = load_official_backbone(
             args.file, part=args.part, base=load_config(args.config).model, num_heads=args.num_heads)
-    except WeightImportError as err:
-        print(f"xkd import-weights: {args.file}: {err}")
-        return 1
+    except (WeightImportError, ConfigError) as err:
+        print(f"xkd import-weights: {args.file}: {err}", file=sys.stderr)
+        return 2
     weights, meta = save_backbone(args.out, encoder, modality, model_cfg,
                                   source={"imported_from": str(args.file), "part": args.part})
     params = sum(p.numel() for p in encoder.parameters())

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -26,32 +27,76 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from dali_pipelines.shardset import ShardSetError
+    from dali_pipelines.shardset import PRETRAINING, ShardSet, ShardSetError
+    from shards.folder_lock import FolderLock
     from xkd.config import ConfigError, load_config
-    from xkd.train.distributed import start_process
+    from xkd.train.distributed import launched_rank
 
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as error:
+        # the shard preflight runs before DeepSpeed starts; every rank checks the same files and comes
+        # to the same verdict, so no rank waits for another that was refused
+        shards = ShardSet.from_path(args.shards, needs=PRETRAINING, skip_bad=cfg.train.skip_bad_samples)
+    except (ConfigError, ShardSetError) as error:
         print(f"xkd pretrain: {error}", file=sys.stderr)
         return 2
+    rank, world_size = launched_rank()
+    # one run per --out, held by rank 0 alone: the other ranks of the same run are no second writer
+    lock = FolderLock(os.path.join(args.out, "writer.lock"), args.out, "xkd pretrain")
+    busy = _take_on_rank_0(lock, rank)
+    if busy and world_size == 1:
+        print(f"xkd pretrain: {busy}", file=sys.stderr)
+        return 2
+    try:
+        return _train(args, cfg, shards, busy)
+    finally:
+        lock.release()
+
+
+def _take_on_rank_0(lock, rank: int) -> str | None:
+    """Rank 0 takes the run folder's lock; the refusal's text if another run holds it."""
+    from shards.folder_lock import FolderBusy
+
+    if rank != 0:
+        return None
+    try:
+        lock.acquire()
+    except FolderBusy as error:
+        return str(error)
+    return None
+
+
+def _train(args, cfg, shards, busy: str | None) -> int:
+    import torch
+
+    from xkd.config import ConfigError
+    from xkd.train.distributed import all_max, start_process
+
     process = start_process()
+    refused = torch.tensor([float(busy is not None)], device=process.device)
+    all_max(refused)  # rank 0's lock verdict reaches every rank: all stop together
+    if refused.item():
+        if busy:
+            print(f"xkd pretrain: {busy}", file=sys.stderr)
+        return 2
     from xkd.train.ds_config import default_config_path
     from xkd.train.loop import NonFiniteLossError, RunRefused, Trainer
 
     ds_path = args.deepspeed_config or str(default_config_path(process.device.type == "cuda"))
     try:
-        trainer = Trainer(cfg, args.shards, args.out, process, ds_path, resume=args.resume)
+        trainer = Trainer(cfg, shards, args.out, process, ds_path, resume=args.resume)
         summary = trainer.run()
-    except (ConfigError, ShardSetError, RunRefused) as error:
+    except (ConfigError, RunRefused) as error:
         print(f"xkd pretrain: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"xkd pretrain: {error}", file=sys.stderr)
         return 3
     if process.is_main:
-        skipped = summary["skipped_samples"]
+        skipped, left_out = summary["skipped_samples"], summary["left_out_shards"]
         print(f"[xkd pretrain] {summary['outcome']} at step {summary['step']} (epoch {summary['epoch']}); "
               f"non-finite steps skipped: {summary['nonfinite_total']}; samples left out: {len(skipped)}"
-              + "".join(f"\n  {s}" for s in skipped), flush=True)
+              + "".join(f"\n  {s}" for s in skipped)
+              + (f"\nshards left out: {len(left_out)}" + "".join(f"\n  {s}" for s in left_out) if left_out else ""),
+              flush=True)
     return 0

@@ -15,7 +15,9 @@ unexpected and mis-shaped keys.
 """
 from __future__ import annotations
 
+import os
 import re
+from collections import Counter
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -92,20 +94,50 @@ def rename_official_keys(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Where each key of a renamed state_dict holds the embedding width and the MLP width (tensor axes).
+# Every key votes, so one mis-shaped key is outvoted and then named, instead of setting the geometry.
+_BLOCK = r"blocks\.\d+\."
+WIDTH_AXES = [(re.compile(pattern), axes) for pattern, axes in (
+    (r"cls_token|pos_embed", (-1,)),
+    (r"patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)", (0,)),
+    (_BLOCK + r"(norm[12]\.(weight|bias)|attn\.proj\.bias|mlp\.fc2\.(weight|bias))", (0,)),
+    (_BLOCK + r"attn\.proj\.weight", (0, 1)),
+    (_BLOCK + r"(attn\.qkv|mlp\.fc1)\.weight", (1,)),
+)]
+HIDDEN_AXES = [(re.compile(_BLOCK + r"mlp\.fc1\.(weight|bias)"), (0,)), (re.compile(_BLOCK + r"mlp\.fc2\.weight"), (1,))]
+
+
+def _agreed_size(state: Mapping[str, Any], rules) -> int | None:
+    """The size most keys agree on, reading each key at the axes its rule names."""
+    votes: Counter = Counter()
+    for key, value in state.items():
+        shape = tuple(value.shape)
+        axes = next((axes for pattern, axes in rules if pattern.fullmatch(key)), ())
+        votes.update(shape[axis] for axis in axes if -len(shape) <= axis < len(shape))
+    return votes.most_common(1)[0][0] if votes else None
+
+
 def infer_model_config(state: Mapping[str, Any], base: ModelConfig | None = None,
                        num_heads: int | None = None) -> ModelConfig:
-    """Encoder width / depth / MLP ratio / qkv bias read from a renamed state_dict; input geometry
-    and head count from `base` (the paper's ViT-B preset by default) unless the width differs."""
+    """Encoder width, depth, MLP width and qkv bias agreed by the keys of a renamed state_dict; input
+    geometry and head count from `base` (the paper's ViT-B preset by default) unless the width differs."""
     base = base or load_config("xkd_base").model
-    try:
-        dim = state["cls_token"].shape[-1]
-        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
-    except (KeyError, ValueError) as err:
-        raise WeightImportError(f"not an XKD backbone: cannot read width/depth ({err!r})") from None
+    dim = _agreed_size(state, WIDTH_AXES)
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    depth = 0
+    while depth in blocks:  # blocks past a gap are reported as unexpected keys, not built
+        depth += 1
+    if dim is None or depth == 0:
+        raise WeightImportError("not an XKD backbone: no encoder blocks (encoder.blocks.0.*) or no key that "
+                                "holds the embedding width")
+    hidden = _agreed_size(state, HIDDEN_AXES) or round(base.encoder.mlp_ratio * dim)  # absent: named as missing
     heads = num_heads or (base.encoder.num_heads if dim == base.encoder.embed_dim else max(1, dim // 64))
+    if dim % heads:
+        raise WeightImportError(f"the embedding width the keys agree on, {dim}, is not divisible by {heads} "
+                                "attention heads: give the head count with --num-heads")
+    qkv_bias = 2 * sum(f"blocks.{i}.attn.qkv.bias" in state for i in range(depth)) > depth
     encoder = replace(base.encoder, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=hidden / dim,
-                      qkv_bias="blocks.0.attn.qkv.bias" in state)
+                      qkv_bias=qkv_bias)
     return replace(base, encoder=encoder)
 
 
@@ -145,14 +177,23 @@ def convert_official_backbone(state: Mapping[str, Any], base: ModelConfig | None
     modality = detect_modality(state)
     renamed = rename_official_keys(state)
     model_cfg = infer_model_config(renamed, base, num_heads)
-    with torch.device("meta"):  # shapes only; nothing is allocated
+    with torch.device("meta"):  # the expected shapes at the agreed geometry; nothing is allocated
         reference = build_encoder(modality, model_cfg).state_dict()
-    check_state_dict(reference, renamed, what=f"{modality} backbone", name=lambda k: official_key(k, modality))
+    encoder = model_cfg.encoder
+    check_state_dict(reference, renamed, name=lambda k: official_key(k, modality),
+                     what=f"{modality} backbone (width {encoder.embed_dim}, depth {encoder.depth}, MLP width "
+                          f"{round(encoder.mlp_ratio * encoder.embed_dim)}, as most keys agree)")
     return modality, model_cfg, renamed
 
 
 def load_official_file(path: str, part: str | None = None) -> dict[str, torch.Tensor]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise WeightImportError("the file is empty")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # empty, cut, not a torch file, or pickled objects weights_only refuses
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WeightImportError(f"cannot be read as a PyTorch file ({type(err).__name__}: {first_line})") from None
     return select_part(unwrap_state_dict(obj), part)
 
 

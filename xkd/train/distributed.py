@@ -52,6 +52,12 @@ def clear_stale_extension_locks(max_age_s: float = 600.0) -> list[Path]:
     return removed
 
 
+def launched_rank() -> tuple[int, int]:
+    """(rank, world size) as the launcher set them, a world of one when started by hand: readable
+    before torch.distributed starts, so a run can be refused before DeepSpeed spins up."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def start_process() -> Process:
     """Initialise torch.distributed (NCCL on GPUs, gloo on CPU) through DeepSpeed. DS_ACCELERATOR=cpu
     keeps a run on the CPU where a GPU is visible too (DeepSpeed's own switch, so both agree)."""
@@ -62,7 +68,7 @@ def start_process() -> Process:
     if "RANK" not in os.environ:  # started by hand: a world of one
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world = launched_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if on_gpu:
         torch.cuda.set_device(local_rank)

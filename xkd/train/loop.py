@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from dali_pipelines.shardset import ShardSet
+from dali_pipelines.shardset import PRETRAINING, ShardSet
 from xkd.config import ExperimentConfig, to_dict
 from xkd.schedules import TrainSchedules
 from xkd.train.checkpoint import CheckpointManager, complete_tags, find_checkpoint, read_marker
@@ -53,10 +53,12 @@ def _config_differences(saved: dict, current: dict, prefix: str = "model") -> li
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, shards: str | None, run_dir: str, process: Process,
+    def __init__(self, cfg: ExperimentConfig, shards: str | ShardSet | None, run_dir: str, process: Process,
                  deepspeed_config_path: str, resume: str | None = None, quiet: bool = False, data=None):
-        """data: a batch source with the interface of `xkd.train.data` (len, iter per epoch, epoch,
-        state_dict, load_state_dict, skipped) instead of a pipeline over `shards` (benchmarks)."""
+        """shards: a shard folder or pattern, or a ShardSet already checked (`xkd pretrain` checks it
+        before DeepSpeed starts). data: a batch source with the interface of `xkd.train.data` (len,
+        iter per epoch, epoch, state_dict, load_state_dict, skipped) instead of a pipeline over
+        `shards` (benchmarks)."""
         import deepspeed
 
         from xkd.models import build_xkd
@@ -78,8 +80,12 @@ class Trainer:
                              "noise on a flat patch's normalised target); autocast runs the students in "
                              f"{self.precision}. Set data.output_dtype=float32.")
 
-        self.data = data if data is not None else training_batches(
-            ShardSet.from_path(shards), cfg, process.rank, process.world_size, self.device)
+        if data is None:
+            shards = shards if isinstance(shards, ShardSet) else ShardSet.from_path(
+                shards, needs=PRETRAINING, skip_bad=train.skip_bad_samples)
+            data = training_batches(shards, cfg, process.rank, process.world_size, self.device)
+        self.data = data
+        self.left_out_shards = shards.left_out if isinstance(shards, ShardSet) else ()
         self.iters_per_epoch = len(self.data) // train.grad_accumulation
         if self.iters_per_epoch == 0:
             raise RunRefused(f"{shards}: {len(self.data)} batches per epoch and process cannot make one "
@@ -264,6 +270,8 @@ class Trainer:
             self.log.event(self.step, "started", world_size=self.process.world_size, precision=self.precision,
                            zero_stage=zero_stage(self.ds_config), total_batch=self.total_batch,
                            iters_per_epoch=self.iters_per_epoch, last_step=self.last_step)
+        for problem in self.left_out_shards:
+            self.log.event(self.step, "shard_left_out", reason=problem)
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         self._say(f"{self.cfg.name} ({self.cfg.model.variant}), {self.process.world_size} process(es) on "
                   f"{self.device.type}, ZeRO-{zero_stage(self.ds_config)} {self.precision}, total batch "
@@ -279,7 +287,8 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
             self.log.close()
         return {"outcome": outcome, "step": self.step, "epoch": self.data.epoch,
-                "nonfinite_total": self.nonfinite_total, "skipped_samples": list(self.data.skipped)}
+                "nonfinite_total": self.nonfinite_total, "skipped_samples": list(self.data.skipped),
+                "left_out_shards": list(self.left_out_shards)}
 
     def _train(self, bar, window: "_Window") -> str:
         train = self.cfg.train
