@@ -271,7 +271,8 @@ def main(argv=None) -> int:
         f"cpu ({torch.get_num_threads()} threads)", "dtype": "bf16 autocast" if on_gpu else "fp32",
         "batch_size": batch_size, "attention_batch_size": args.attention_batch, "clips_per_s": round(first["clips_per_s"], 3),
         "gflops_per_clip": round(first["gflops_per_clip"], 3),
-        "tflops_per_s": round(first["tflops_per_s"], 2), **peak, "peak_memory_mib": round(first["peak_memory_mib"], 1),
+        "tflops_per_s": float(f"{first['tflops_per_s']:.4g}"),  # 4 significant digits: CPU figures are small
+        **peak, "peak_memory_mib": round(first["peak_memory_mib"], 1),
         "sdpa_speedup_attention": op_speedup(attention[args.attention_batch]),
         "sdpa_speedup_attention_at_step_batch": op_speedup(attention[batch_size]),
         "sdpa_speedup_step": round(first["sdpa_speedup_step"], 3),
