@@ -68,7 +68,7 @@ def build(preset: str, variant: str, device: torch.device):
 def make_step(model, optimizer, device):
     def step(batch) -> torch.Tensor:
         with autocast(device):
-            loss = model(batch["video"], batch["audio"])["loss"]
+            loss = model(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -116,7 +116,7 @@ def count_flops(model, batch, device) -> int:
     try:
         with FlopCounterMode(display=False) as counter:
             with autocast(device):
-                loss = model(batch["video"], batch["audio"])["loss"]
+                loss = model(batch)["loss"]
             loss.backward()
     finally:
         set_fused_attention(model, True)

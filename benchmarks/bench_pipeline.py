@@ -88,7 +88,7 @@ def measure(loader, batch_size: int, warmup: int, batches: int, device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         memory.append(rss_mib())
-        assert batch["video"][0].shape[0] == batch_size
+        assert batch.video[0].shape[0] == batch_size
     elapsed = time.perf_counter() - started
     quarter = max(1, len(memory) // 4)
     return {"clips_per_s": round(batches * batch_size / elapsed, 2),

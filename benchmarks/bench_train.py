@@ -28,6 +28,7 @@ import os
 import shlex
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pipeline import make_shards, repeat_shards  # noqa: E402
 from report import report  # noqa: E402
+from dali_pipelines.batch import TrainingBatch  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
 from xkd.config import load_config  # noqa: E402
 
@@ -46,10 +48,10 @@ GOAL = "end to end >= 90% of model-only on an H100 with ViT-B (xkd_base)"
 class RepeatedBatch:
     """The training-batch interface (see xkd/train/data.py) over one batch, yielded again and again."""
 
-    def __init__(self, batch: dict, batches_per_epoch: int):
-        self.batch = {**batch, "video": [t.clone() for t in batch["video"]],
-                      "audio": [t.clone() for t in batch["audio"]], "skipped": []}
-        self.batches_per_epoch, self.epoch, self.skipped = batches_per_epoch, 0, []
+    def __init__(self, batch: TrainingBatch, batches_per_epoch: int):
+        self.batch = replace(batch, video=[t.clone() for t in batch.video], audio=[t.clone() for t in batch.audio],
+                             skipped=[])
+        self.batches_per_epoch, self.epoch = batches_per_epoch, 0
 
     def __len__(self) -> int:
         return self.batches_per_epoch

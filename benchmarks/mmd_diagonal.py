@@ -53,9 +53,9 @@ def main(argv=None) -> int:
     batch = synthetic_batch(cfg.model, args.batch_size, generator=torch.Generator().manual_seed(args.seed))
     gammas = cfg.loss.mmd_gammas
     with torch.no_grad():
-        students = model.students(batch["video"], batch["audio"])
+        students = model.students(batch.video, batch.audio)
         index = cfg.model.teacher_view
-        teachers = model.teachers(batch["video"][index], batch["audio"][index])
+        teachers = model.teachers(batch.video[index], batch.audio[index])
     result = {"command": shlex.join(["python", "benchmarks/mmd_diagonal.py", *(sys.argv[1:] if argv is None else argv)]),
               "preset": args.preset, "batch_size": args.batch_size, "dtype": "float32",
               "machine": platform.machine(), "torch": torch.__version__}

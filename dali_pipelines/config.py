@@ -76,8 +76,7 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     shuffle_buffer: int = 1024  # samples DALI shuffles among (shards are pre-shuffled across)
     batch_size: int = 32  # per GPU / per process
-    num_threads: int = 4  # DALI CPU threads per pipeline
-    output_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    num_threads: int = 4  # DALI CPU threads per pipeline (the views' dtype is the loader's argument)
     # evaluation
     eval_clips: int = 10  # clips spread uniformly over each video (and its audio)
     eval_crops: int = 1  # 1 (centre) or 3 (left/centre/right along the long side)

@@ -1,11 +1,8 @@
 """The evaluation pipeline: deterministic, no random augmentation. Each video gives N clips whose
 starts are spread uniformly over it (the same instants in its audio), each clip in 1 centre crop
 or 3 crops along the long side; audio-only shard sets give N windows of the soundtrack. Scores are
-averaged per video by the caller, using the key and the clip/crop layout of the batch:
-
-    video: (B, N, crops, 3, T, S, S)    audio: (B, N, 1, mel_bins, frames)
-    label: (B,)    key: B strings    clip_index: (N,)    crop_index: (crops,)
-"""
+averaged per video by the caller, using the key and the clip/crop layout of each
+`EvaluationBatch` (dali_pipelines/batch.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,9 +10,13 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipelines.config import DataConfig
-from dali_pipelines.iterator import BatchIterator
+from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from dali_pipelines.batch import EvaluationBatch
+from dali_pipelines.iterator import explain_dali_error, parse_meta
 from dali_pipelines.loader import _device_index
-from dali_pipelines.ops import floor_int, log_mel, output_type, padded_json
+from dali_pipelines.ops import floor_int, log_mel, output_type, padded_json, torch_cast
 from dali_pipelines.pretrain import READER, decode_waveform
 from dali_pipelines.shardset import ShardSet
 
@@ -45,7 +46,7 @@ def _crops(frames, cfg: DataConfig, dtype):
 
 @pipeline_def(enable_conditionals=False)
 def eval_pipeline(shards: ShardSet, cfg: DataConfig, modality: str = "both", shard_id: int = 0,
-                  num_shards: int = 1, gpu: bool = False):
+                  num_shards: int = 1, gpu: bool = False, dtype: torch.dtype = torch.float32):
     use_video = modality in ("both", "video")
     use_audio = modality in ("both", "audio")
     if use_video and not shards.has_video:
@@ -56,7 +57,7 @@ def eval_pipeline(shards: ShardSet, cfg: DataConfig, modality: str = "both", sha
                                     random_shuffle=False, pad_last_batch=True, name=READER)
     members = dict(zip(exts, members))
     lengths = fn.reinterpret(members["lengths"], dtype=types.INT32)
-    dtype = output_type(cfg.output_dtype)
+    dtype = output_type(dtype)
     clips, clip_frames = cfg.eval_clips, round(cfg.fps * cfg.clip_seconds)
     clip_samples = round(cfg.clip_seconds * cfg.mel.sample_rate)
     outputs = []
@@ -81,31 +82,46 @@ def eval_pipeline(shards: ShardSet, cfg: DataConfig, modality: str = "both", sha
     return (*outputs, padded_json(members["json"]))
 
 
-class EvalIterator(BatchIterator):
-    """Batch dicts in the layout of the module docstring; every sample exactly once per epoch."""
+class EvaluationPass:
+    """EvaluationBatches of one shard set: each iter() is one pass in which every sample (of this
+    rank's share) comes exactly once, the last batch possibly smaller."""
 
-    def __init__(self, pipeline, names, cfg: DataConfig):
-        super().__init__(lambda excluded, epoch: pipeline, names, batches_per_epoch=None, drop_last=False,
-                         dtype=cfg.output_dtype)
-        self.cfg = cfg
+    def __init__(self, pipeline, names: list[str], cfg: DataConfig, cast: torch.dtype | None):
+        self.cfg, self.names, self.cast = cfg, names, cast
+        self._dali = DALIGenericIterator([pipeline], names, reader_name=READER, auto_reset=True,
+                                         last_batch_policy=LastBatchPolicy.PARTIAL)
 
-    def _to_batch(self, outputs: dict) -> dict:
-        batch = super()._to_batch(outputs)
+    def __len__(self) -> int:
+        return len(self._dali)
+
+    def _clips(self, outputs: dict, name: str) -> torch.Tensor | None:
+        if name not in outputs:
+            return None
+        return outputs[name].to(self.cast) if self.cast else outputs[name]
+
+    def _to_batch(self, outputs: dict) -> EvaluationBatch:
         cfg = self.cfg
-        if batch["video"]:  # (B, crops, C, N*T, S, S) -> (B, N, crops, C, T, S, S)
-            video = batch["video"][0]
+        keys, labels = parse_meta(outputs["meta"])
+        video, audio = self._clips(outputs, "video0"), self._clips(outputs, "audio0")
+        if video is not None:  # (B, crops, C, N*T, S, S) -> (B, N, crops, C, T, S, S)
             b, crops, c, _, h, w = video.shape
             video = video.reshape(b, crops, c, cfg.eval_clips, -1, h, w).permute(0, 3, 1, 2, 4, 5, 6)
-            batch["video"] = [video]
-        if batch["audio"]:  # (B, N, mel_bins, frames) -> (B, N, 1, mel_bins, frames)
-            batch["audio"] = [batch["audio"][0].unsqueeze(2)]
-        batch["clip_index"] = torch.arange(cfg.eval_clips)
-        batch["crop_index"] = torch.arange(cfg.eval_crops)
-        return batch
+        if audio is not None:  # (B, N, mel_bins, frames) -> (B, N, 1, mel_bins, frames)
+            audio = audio.unsqueeze(2)
+        device = next(t.device for n, t in outputs.items() if n != "meta")
+        return EvaluationBatch(video, audio, labels.to(device), keys, torch.arange(cfg.eval_clips),
+                               torch.arange(cfg.eval_crops))
+
+    def __iter__(self):
+        try:
+            for outputs in self._dali:
+                yield self._to_batch(outputs[0])
+        except RuntimeError as error:
+            raise explain_dali_error(error) from error
 
 
 def eval_loader(shards: str | ShardSet, cfg: DataConfig, *, modality: str = "both", rank: int = 0,
-                world_size: int = 1, device=None) -> EvalIterator:
+                world_size: int = 1, device=None, dtype: torch.dtype = torch.float32) -> EvaluationPass:
     if modality not in MODALITIES:
         raise ValueError(f"modality {modality!r}: choose one of {MODALITIES}")
     if cfg.eval_crops not in (1, 3):
@@ -116,7 +132,7 @@ def eval_loader(shards: str | ShardSet, cfg: DataConfig, *, modality: str = "bot
     device_id = _device_index(device)
     pipeline = eval_pipeline(shards, cfg, modality, shard_id=rank, num_shards=world_size,
                              gpu=device_id is not None, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
-                             device_id=device_id, seed=0)
+                             device_id=device_id, seed=0, dtype=dtype)
     pipeline.build()
     names = (["video0"] if modality in ("both", "video") else []) + (["audio0"] if modality != "video" else [])
-    return EvalIterator(pipeline, names + ["meta"], cfg)
+    return EvaluationPass(pipeline, names + ["meta"], cfg, torch_cast(dtype))

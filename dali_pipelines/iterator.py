@@ -1,11 +1,8 @@
-"""DALI outputs -> the batch dict every stage shares:
-{"video": [global (B,3,T,H,W), local_1, ...], "audio": [global (B,1,80,T), local_1, ...],
- "label": (B,) int64 (-1 when unlabelled), "key": list[str]}, as torch tensors on the device."""
+"""DALI outputs -> `TrainingBatch`es (dali_pipelines/batch.py) on the pipeline's device, by epoch."""
 from __future__ import annotations
 
 import gc
 import json
-import os
 import re
 import warnings
 
@@ -13,16 +10,8 @@ import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from dali_pipelines.batch import SampleDecodeError, TrainingBatch
 from dali_pipelines.pretrain import READER
-
-
-class SampleDecodeError(RuntimeError):
-    """A shard member that fails to decode, named by shard and key."""
-
-    def __init__(self, tar: str, key: str, extension: str):
-        super().__init__(f"{os.path.basename(tar)}: sample {key}: member .{extension} does not decode "
-                         f"(shard {tar}; find every bad member with `xkd shards verify`)")
-        self.tar, self.key = tar, key
 
 
 # DALI names the failing member as "<tar path>:<offset>:<key>.<ext>" in its error text
@@ -58,17 +47,17 @@ class BatchIterator:
     decoded and passed over (DALI cannot checkpoint its video decoder), giving exactly the batches an
     uninterrupted run would have seen. Otherwise one pipeline runs epoch after epoch.
 
-    With `skip_bad`, a sample that does not decode is named (in `skipped`, in the next batch's
-    "skipped" list, and as a warning), left out, and the pipeline rebuilt without it; the run goes
+    With `skip_bad`, a sample that does not decode is named (in the next batch's `skipped`, and as
+    a warning), left out, and the pipeline rebuilt without it; the run goes
     on. After such a rebuild an epoch is the next `len(self)` batches of the stream (so every rank
     still yields the same count); without `skip_bad` the error stops the iteration."""
 
     def __init__(self, pipeline_factory, names: list[str], batches_per_epoch: int | None, drop_last: bool,
-                 dtype: str = "float32", skip_bad: bool = False, per_epoch_pipelines: bool = False):
+                 cast: torch.dtype | None = None, skip_bad: bool = False, per_epoch_pipelines: bool = False):
+        """cast: the dtype torch turns DALI's float outputs into (bfloat16, which DALI lacks), or None."""
         self.names = names
         self.batches_per_epoch = batches_per_epoch
-        self.cast = torch.bfloat16 if dtype == "bfloat16" else None
-        self.skipped: list[str] = []
+        self.cast = cast
         self.epoch = 0  # the epoch the next iter() yields
         self._factory, self._skip_bad, self._per_epoch = pipeline_factory, skip_bad, per_epoch_pipelines
         self._policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
@@ -93,7 +82,6 @@ class BatchIterator:
         if not (self._skip_bad and isinstance(explained, SampleDecodeError)):
             raise explained from error
         self._excluded.add((explained.tar, explained.key))
-        self.skipped.append(str(explained))
         self._unreported.append(str(explained))
         warnings.warn(f"skipped: {explained}", stacklevel=3)
 
@@ -120,16 +108,15 @@ class BatchIterator:
         self._excluded = {tuple(pair) for pair in state.get("excluded", [])}
         self._unread_pipeline_epoch = None  # rebuild, with the exclusions, on the next iter()
 
-    def _to_batch(self, outputs: dict) -> dict:
+    def _views(self, outputs: dict, prefix: str) -> list[torch.Tensor]:
+        views = [outputs[n] for n in self.names if n.startswith(prefix)]
+        return [v.to(self.cast) for v in views] if self.cast else views
+
+    def _to_batch(self, outputs: dict) -> TrainingBatch:
         keys, labels = parse_meta(outputs["meta"])
-        convert = (lambda t: t.to(self.cast)) if self.cast else (lambda t: t)
-        batch = {
-            "video": [convert(outputs[n]) for n in self.names if n.startswith("video")],
-            "audio": [convert(outputs[n]) for n in self.names if n.startswith("audio")],
-            "label": labels.to(next(t.device for n, t in outputs.items() if n != "meta")),
-            "key": keys,
-            "skipped": self._unreported,  # members left out since the previous batch
-        }
+        device = next(t.device for n, t in outputs.items() if n != "meta")
+        batch = TrainingBatch(self._views(outputs, "video"), self._views(outputs, "audio"), labels.to(device), keys,
+                              skipped=self._unreported)  # members left out since the previous batch
         self._unreported = []
         return batch
 

@@ -8,6 +8,7 @@ import torch
 
 from dali_pipelines.config import DataConfig
 from dali_pipelines.iterator import BatchIterator
+from dali_pipelines.ops import torch_cast
 from dali_pipelines.pretrain import output_names, pretrain_pipeline
 from dali_pipelines.shardset import ShardSet
 
@@ -24,8 +25,9 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 
 def pretrain_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
-                    device=None, seed: int = 0, drop_last: bool = True, skip_bad: bool = False) -> BatchIterator:
-    """Batch dicts of XKD views; rank `rank` of `world_size` reads its own share of the samples
+                    device=None, seed: int = 0, drop_last: bool = True, skip_bad: bool = False,
+                    dtype: torch.dtype = torch.float32) -> BatchIterator:
+    """TrainingBatches of XKD views in `dtype`; rank `rank` of `world_size` reads its own share of the samples
     (shares rotate between ranks from epoch to epoch). Each epoch gets a fresh pipeline seeded by
     (seed, rank, epoch), so `state_dict()` / `load_state_dict()` resume mid-epoch exactly.
     skip_bad: a sample that does not decode is named and left out instead of stopping the run."""
@@ -38,10 +40,10 @@ def pretrain_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, w
         pipeline = pretrain_pipeline(current, cfg, shard_id=(rank + epoch) % world_size, num_shards=world_size,
                                      gpu=device_id is not None, batch_size=cfg.batch_size,
                                      num_threads=cfg.num_threads, device_id=device_id,
-                                     seed=epoch_seed(seed, rank, epoch), prefetch_queue_depth=2)
+                                     seed=epoch_seed(seed, rank, epoch), prefetch_queue_depth=2, dtype=dtype)
         pipeline.build()
         return pipeline
 
     batches = shards.batches_per_rank(world_size, cfg.batch_size) if drop_last else None
-    return BatchIterator(build, output_names(cfg), batches, drop_last, cfg.output_dtype, skip_bad,
+    return BatchIterator(build, output_names(cfg), batches, drop_last, torch_cast(dtype), skip_bad,
                          per_epoch_pipelines=True)

@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import numpy as np
 import nvidia.dali.math as dmath
+import torch
 from nvidia.dali import fn, types
 
 from dali_pipelines.config import AudioViewConfig, MelConfig, VideoViewConfig
 
-_OUTPUT_TYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}  # bf16 cast in torch
+# the views' torch dtype -> what DALI emits (DALI has no bfloat16: float32, cast by torch after)
+_DALI_TYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.bfloat16: types.FLOAT}
 
 
-def output_type(name: str):
-    return _OUTPUT_TYPES[name]
+def output_type(dtype: torch.dtype):
+    if dtype not in _DALI_TYPES:
+        raise ValueError(f"views of dtype {dtype}: choose torch.float32, torch.bfloat16 or torch.float16")
+    return _DALI_TYPES[dtype]
+
+
+def torch_cast(dtype: torch.dtype) -> torch.dtype | None:
+    """The cast torch applies to DALI's outputs for views of `dtype` (None: DALI emits it)."""
+    return dtype if dtype == torch.bfloat16 else None
 
 
 def uniform(low: float, high: float):

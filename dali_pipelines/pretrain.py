@@ -8,6 +8,7 @@ audio: silence), never dropped. Video decodes on the GPU ("mixed") when there is
 from __future__ import annotations
 
 import nvidia.dali.math as dmath
+import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipelines.config import DataConfig
@@ -45,11 +46,11 @@ def decode_waveform(flac, cfg: DataConfig):
 
 @pipeline_def(enable_conditionals=False)
 def pretrain_pipeline(shards: ShardSet, cfg: DataConfig, shard_id: int = 0, num_shards: int = 1,
-                      gpu: bool = False):
+                      gpu: bool = False, dtype: torch.dtype = torch.float32):
     if not shards.has_video:
         raise ValueError("pretraining needs video and audio; these shards were made with --audio-only")
     video_bytes, flac, meta, lengths = read_shards(shards, cfg, shard_id, num_shards)
-    dtype = output_type(cfg.output_dtype)
+    dtype = output_type(dtype)
     clip_frames = round(cfg.fps * cfg.clip_seconds)
     samples_per_frame = cfg.mel.sample_rate // cfg.fps
 

@@ -1,4 +1,4 @@
-"""The reference loader: the same batch dict as the DALI pipeline, built the way the authors' code
+"""The reference loader: the same TrainingBatch as the DALI pipeline, built the way the authors' code
 loads data (the `webdataset` library, PyAV decoding, torchvision transforms, torchaudio log-mel,
 a torch DataLoader with workers). It is the CPU fallback for shards DALI cannot decode on a CPU
 (H.264/HEVC) and the baseline of `benchmarks/bench_pipeline.py`.
@@ -21,17 +21,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from dali_pipelines.batch import SampleDecodeError, TrainingBatch
 from dali_pipelines.config import AudioViewConfig, DataConfig, MelConfig, VideoViewConfig
 from dali_pipelines.shardset import ShardSet
 
 
-class SampleError(RuntimeError):
-    """A shard member that does not decode, named by shard and key."""
-
-
-def decode_frames(data: bytes, start: int, count: int, where: str) -> torch.Tensor:
+def decode_frames(data: bytes, start: int, count: int, member: tuple[str, str, str]) -> torch.Tensor:
     """Frames [start, start + count) of an encoded video as (count, 3, H, W) uint8; past the end
-    the last frame repeats."""
+    the last frame repeats. member: (tar, key, extension), to name it when it does not decode."""
     frames = []
     try:
         with av.open(io.BytesIO(data)) as container:
@@ -43,9 +40,9 @@ def decode_frames(data: bytes, start: int, count: int, where: str) -> torch.Tens
                 if len(frames) == count:
                     break
     except av.error.FFmpegError as exc:
-        raise SampleError(f"{where}: video does not decode: {exc}") from None
+        raise SampleDecodeError(*member, str(exc)) from None
     if not frames:
-        raise SampleError(f"{where}: no video frame at or after frame {start}")
+        raise SampleDecodeError(*member, f"no video frame at or after frame {start}")
     frames += [frames[-1]] * (count - len(frames))
     return torch.stack(frames).permute(0, 3, 1, 2)
 
@@ -118,18 +115,18 @@ class ClipTransform:
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         cfg = self.cfg
-        where = f"{sample.get('__url__', '?')}: {sample['__key__']}"
+        tar, key = sample.get("__url__", "?"), sample["__key__"]
         meta = json.loads(sample["json"])
         frames_total, _ = np.frombuffer(sample["lengths"], "<i4")
         clip_frames = round(cfg.fps * cfg.clip_seconds)
         start = int(rng.integers(0, max(frames_total - clip_frames + 1, 1)))
         video_ext = next(ext for ext in ("mp4", "mkv") if ext in sample)
-        frames = decode_frames(sample[video_ext], start, clip_frames, where)
+        frames = decode_frames(sample[video_ext], start, clip_frames, (tar, key, video_ext))
 
         try:
             audio, _ = soundfile.read(io.BytesIO(sample["flac"]), dtype="float32")
         except (RuntimeError, soundfile.LibsndfileError) as exc:
-            raise SampleError(f"{where}: audio does not decode: {exc}") from None
+            raise SampleDecodeError(tar, key, "flac", str(exc)) from None
         clip_samples = round(cfg.clip_seconds * cfg.mel.sample_rate)
         first = start * (cfg.mel.sample_rate // cfg.fps)
         clip_audio = torch.zeros(clip_samples)
@@ -173,23 +170,20 @@ class ReferenceDataset(IterableDataset):
         for sample in dataset:
             try:
                 yield self.transform(sample, rng)
-            except SampleError as error:
+            except SampleDecodeError as error:
                 if not self.skip_bad:
                     raise
                 yield {"skipped": str(error)}  # counted by `collate`
         self.epoch += 1
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict]) -> TrainingBatch:
     skipped = [s["skipped"] for s in samples if "skipped" in s]
     samples = [s for s in samples if "skipped" not in s]
-    return {
-        "skipped": skipped,
-        "video": [torch.stack(views) for views in zip(*(s["video"] for s in samples))],
-        "audio": [torch.stack(views) for views in zip(*(s["audio"] for s in samples))],
-        "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
-        "key": [s["key"] for s in samples],
-    }
+    return TrainingBatch(video=[torch.stack(views) for views in zip(*(s["video"] for s in samples))],
+                         audio=[torch.stack(views) for views in zip(*(s["audio"] for s in samples))],
+                         label=torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+                         key=[s["key"] for s in samples], skipped=skipped)
 
 
 def _ignore_sigterm(_worker_id: int) -> None:
@@ -203,7 +197,7 @@ def reference_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, 
                      seed: int = 0, num_workers: int = 2, drop_last: bool = True,
                      skip_bad: bool = False, persistent_workers: bool = True) -> DataLoader:
     """skip_bad: a member that does not decode is left out of its batch and named in the batch's
-    "skipped" list (a batch may then be smaller), instead of stopping with a SampleError.
+    `skipped` (a batch may then be smaller), instead of stopping with a SampleDecodeError.
     persistent_workers=False restarts the workers every epoch, so `loader.dataset.epoch` set before
     iter() reaches them (resuming at a chosen epoch)."""
     shards = shards if isinstance(shards, ShardSet) else ShardSet.from_path(shards)

@@ -27,15 +27,15 @@ def test_real_input_sizes_every_view_and_variant(variant):
     model = build_xkd(cfg)
     local_video = 1 if variant == "xkd" else 3
     batch = synthetic_batch(cfg.model, 2, video_local_views=local_video)
-    assert [tuple(v.shape) for v in batch["video"][:2]] == [(2, 3, 32, 112, 112), (2, 3, 8, 96, 96)]
-    assert [tuple(a.shape) for a in batch["audio"]] == [(2, 1, 80, 448), (2, 1, 80, 112)]
+    assert [tuple(v.shape) for v in batch.video[:2]] == [(2, 3, 32, 112, 112), (2, 3, 8, 96, 96)]
+    assert [tuple(a.shape) for a in batch.audio] == [(2, 1, 80, 448), (2, 1, 80, 112)]
 
-    students = model.students(batch["video"], batch["audio"])
+    students = model.students(batch.video, batch.audio)
     assert students["video_logits"].shape == ((1 + local_video) * 2, 64)
     assert students["audio_logits"].shape == (2 * 2, 64)
-    teachers = model.teachers(batch["video"][1], batch["audio"][1])
+    teachers = model.teachers(batch.video[1], batch.audio[1])
     assert teachers["video_logits"].shape == (2, 64) and teachers["audio_logits"].shape == (2, 64)
-    losses = model(batch["video"], batch["audio"])
+    losses = model(batch)
     assert losses["loss"].ndim == 0 and torch.isfinite(losses["loss"])
 
 
@@ -79,7 +79,7 @@ def test_decoder_projections_are_identities_where_the_widths_are_equal():
         assert isinstance(decoder.mid_proj, torch.nn.Linear) and isinstance(decoder.out_proj, torch.nn.Linear)
     batch = synthetic_batch(load_config("xkd_tiny").model, 1)
     model = build_xkd(load_config("xkd_tiny"))
-    assert torch.isfinite(model(batch["video"], batch["audio"])["loss"])
+    assert torch.isfinite(model(batch)["loss"])
 
 
 def test_mask_counts_and_restore_order():

@@ -111,8 +111,8 @@ def test_shared_student_blocks_get_gradients_from_both_modalities():
     cfg = micro("xkd_mas")
     model = build_xkd(cfg)
     students = model.students
-    video_views = synthetic_batch(cfg.model, 2)["video"]
-    audio_views = synthetic_batch(cfg.model, 2)["audio"]
+    video_views = synthetic_batch(cfg.model, 2).video
+    audio_views = synthetic_batch(cfg.model, 2).audio
     out = students(video_views, audio_views)
     (g_video,) = torch.autograd.grad(out["recon_video"], students.video.blocks[0].attn.qkv.weight, retain_graph=True)
     (g_audio,) = torch.autograd.grad(out["recon_audio"], students.audio.blocks[0].attn.qkv.weight)

@@ -90,16 +90,16 @@ def flac_of(shards, key) -> np.ndarray:
 def test_clips_are_spread_uniformly_and_audio_follows(eval_shards, device):
     """Frame by frame, on the CPU and (NVDEC decode, GPU log-mel) on a GPU."""
     batches = list(eval_loader(str(eval_shards), cfg(), device=device if device != "cpu" else None))
-    keys = [k for b in batches for k in b["key"]]
+    keys = [k for b in batches for k in b.key]
     assert sorted(keys) == ["a__long", "a__mid", "b__short"]  # each once, the last batch partial
     log_mel = LogMel(DataConfig().mel)
     frames_of = {"a__long": 60, "a__mid": 44, "b__short": 20}
     for batch in batches:
-        assert batch["clip_index"].tolist() == [0, 1, 2, 3] and batch["crop_index"].tolist() == [0]
-        for row, key in enumerate(batch["key"]):
+        assert batch.clip_index.tolist() == [0, 1, 2, 3] and batch.crop_index.tolist() == [0]
+        for row, key in enumerate(batch.key):
             n = frames_of[key]
             starts = np.linspace(0, max(n - 32, 0), 4).astype(int)
-            video, audio = batch["video"][0][row].cpu(), batch["audio"][0][row].cpu()
+            video, audio = batch.video_clips[row].cpu(), batch.audio_clips[row].cpu()
             assert video.shape == (4, 1, 3, 32, 112, 112) and audio.shape == (4, 1, 80, 448)
             waveform = torch.from_numpy(flac_of(eval_shards, key))
             for clip, start in enumerate(starts):
@@ -116,8 +116,8 @@ def test_clips_are_spread_uniformly_and_audio_follows(eval_shards, device):
 
 def test_three_crops_cover_the_long_side(eval_shards):
     batch = next(iter(eval_loader(str(eval_shards), cfg(eval_crops=3, eval_clips=2))))
-    video = batch["video"][0]
-    assert video.shape[:3] == (2, 2, 3) and batch["crop_index"].tolist() == [0, 1, 2]
+    video = batch.video_clips
+    assert video.shape[:3] == (2, 2, 3) and batch.crop_index.tolist() == [0, 1, 2]
     # every crop shows the same frames, from different places of the 192x128 frame
     expected = frame_index(video[0, 0, 1], scale=112 / 128, crop_top=0)
     assert (expected == np.arange(32)).all()  # first clip of the first video starts at frame 0
@@ -127,14 +127,14 @@ def test_three_crops_cover_the_long_side(eval_shards):
 
 
 def test_eval_is_deterministic(eval_shards):
-    one = [b["video"][0] for b in eval_loader(str(eval_shards), cfg())]
-    two = [b["video"][0] for b in eval_loader(str(eval_shards), cfg())]
+    one = [b.video_clips for b in eval_loader(str(eval_shards), cfg())]
+    two = [b.video_clips for b in eval_loader(str(eval_shards), cfg())]
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
 def test_video_only_modality_skips_audio(eval_shards):
     batch = next(iter(eval_loader(str(eval_shards), cfg(), modality="video")))
-    assert batch["audio"] == [] and batch["video"][0].shape[1:3] == (4, 1)
+    assert batch.audio_clips is None and batch.video_clips.shape[1:3] == (4, 1)
 
 
 def test_audio_only_shards(tmp_path):
@@ -146,10 +146,10 @@ def test_audio_only_shards(tmp_path):
     soundfile.write(source / "chirp.wav", (0.3 * np.sin(2 * np.pi * 500 * t)).astype(np.float32), 16000)
     assert main(["shards", "create", str(tmp_path / "sounds"), str(tmp_path / "out"), "--quiet", "--audio-only"]) == 0
     batch = next(iter(eval_loader(str(tmp_path / "out"), cfg(eval_clips=3))))
-    assert batch["video"] == [] and batch["audio"][0].shape == (1, 3, 1, 80, 448)
+    assert batch.video_clips is None and batch.audio_clips.shape == (1, 3, 1, 80, 448)
     waveform = torch.from_numpy(flac_of(tmp_path / "out", "bird__chirp"))
     log_mel = LogMel(DataConfig().mel)
     for clip, start in enumerate(np.linspace(0, 96000 - 64000, 3).astype(int)):
-        assert torch.allclose(batch["audio"][0][0, clip, 0], log_mel(waveform[start:start + 64000]), atol=1e-3)
+        assert torch.allclose(batch.audio_clips[0, clip, 0], log_mel(waveform[start:start + 64000]), atol=1e-3)
     with pytest.raises(ValueError, match="no video"):
         eval_loader(str(tmp_path / "out"), cfg(), modality="video")

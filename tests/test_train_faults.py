@@ -50,7 +50,7 @@ def photograph(trainer):
 
 
 class FaultyBatches:  # the training-batch interface (xkd/train/data.py)
-    epoch, skipped = 0, []
+    epoch = 0
     def __init__(self):
         self.photos = []
     def __len__(self):
@@ -60,7 +60,7 @@ class FaultyBatches:  # the training-batch interface (xkd/train/data.py)
             self.photos.append(photograph(trainer))
             batch = synthetic_batch(cfg.model, 2, generator=torch.Generator().manual_seed(100 * rank + index))
             if index == NAN_TEACHER_AT and rank == 1:
-                batch["video"][cfg.model.teacher_view][0, 0, 0, 0, 0] = float("nan")
+                batch.video[cfg.model.teacher_view][0, 0, 0, 0, 0] = float("nan")
             gradient_fault[0] = index == NAN_GRADIENT_AT and rank == 0
             yield batch
         self.photos.append(photograph(trainer))

@@ -119,7 +119,7 @@ def small_shards(tmp_path_factory):
 
 
 def _keys_and_audio(batch):
-    return batch["key"], batch["audio"][0].clone()
+    return batch.key, batch.audio[0].clone()
 
 
 def test_the_dali_stream_resumes_mid_epoch_exactly(small_shards):
@@ -156,10 +156,10 @@ def test_the_reference_stream_resumes_mid_epoch(small_shards):
         next(first)
     state = straight.state_dict()
     assert state == {"epoch": 0, "batch": 2}
-    rest = [b["key"] for b in first]
+    rest = [b.key for b in first]
     resumed = ReferenceEpochs(shards, cfg, rank=0, world_size=1, seed=3)
     resumed.load_state_dict(state)
-    assert [b["key"] for b in resumed] == rest and len(rest) == 3
+    assert [b.key for b in resumed] == rest and len(rest) == 3
     assert resumed.epoch == 1
 
 

@@ -1,7 +1,9 @@
-"""Random batches in the pipelines' batch-dict layout, for tests and benchmarks."""
+"""Random TrainingBatches in the pipelines' layout, for tests and benchmarks."""
 from __future__ import annotations
 
 import torch
+
+from dali_pipelines.batch import TrainingBatch
 
 from xkd.config import ModelConfig
 
@@ -24,8 +26,8 @@ def local_view_shapes(cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...
 
 
 def synthetic_batch(cfg: ModelConfig, batch_size: int, video_local_views: int = 1, audio_local_views: int = 1,
-                    device: str | torch.device = "cpu", generator: torch.Generator | None = None) -> dict:
-    """{"video": [global, local_1, ...], "audio": [...], "label": (B,), "key": [...]} of normal noise."""
+                    device: str | torch.device = "cpu", generator: torch.Generator | None = None) -> TrainingBatch:
+    """A TrainingBatch of normal noise: every view of the model's geometry, labels -1."""
     v, a = cfg.video, cfg.audio
     local_video, local_audio = local_view_shapes(cfg)
 
@@ -35,5 +37,5 @@ def synthetic_batch(cfg: ModelConfig, batch_size: int, video_local_views: int = 
     video = [noise(v.in_chans, v.num_frames, v.image_size, v.image_size)]
     video += [noise(*local_video) for _ in range(video_local_views)]
     audio = [noise(a.in_chans, a.mel_bins, a.num_frames)] + [noise(*local_audio) for _ in range(audio_local_views)]
-    return {"video": video, "audio": audio, "label": torch.zeros(batch_size, dtype=torch.long, device=device),
-            "key": [f"synthetic_{i}" for i in range(batch_size)]}
+    return TrainingBatch(video, audio, torch.full((batch_size,), -1, dtype=torch.long, device=device),
+                         [f"synthetic_{i}" for i in range(batch_size)])

@@ -1,7 +1,7 @@
 """XKD, XKD-MAS and XKD-MATS in one code path (spec sections 3 and 5).
 
     model = XKD(cfg.model, cfg.loss)
-    losses = model(video_views, audio_views, epoch)   # dict of every term, total in losses["loss"]
+    losses = model(batch, epoch)   # a TrainingBatch; a dict of every term, the total in losses["loss"]
     losses["loss"].backward(); optimizer.step()
     model.follow_students(momentum)                    # teachers' EMA and KD centres, after an applied step
 
@@ -13,12 +13,12 @@ step that is skipped (non-finite loss or gradient) changes neither teachers nor 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from dali_pipelines.batch import TrainingBatch
 from xkd.config import LossConfig, ModelConfig
 from xkd.losses import XKDLoss, refined_pooling
 from xkd.models.dino_head import DINOHead
@@ -137,13 +137,12 @@ class XKD(nn.Module):
     def variant(self) -> str:
         return self.model_cfg.variant
 
-    def forward(self, video_views, audio_views=None, epoch: int = 0, students: nn.Module | None = None) -> dict:
-        """video_views = [global, local_1, ...], audio_views likewise (or a batch dict as first argument).
+    def forward(self, batch: TrainingBatch, epoch: int = 0, students: nn.Module | None = None) -> dict:
+        """Every loss term of one batch (its views: [global, local_1, ...] per modality).
 
         `students` replaces self.students for the student pass (e.g. a DeepSpeed engine wrapping it).
         """
-        if isinstance(video_views, Mapping):
-            video_views, audio_views = video_views["video"], video_views["audio"]
+        video_views, audio_views = batch.video, batch.audio
         index = self.model_cfg.teacher_view
         if index >= min(len(video_views), len(audio_views)):
             raise ValueError(f"teacher_view={index} but only {len(video_views)} video / {len(audio_views)} audio views")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 
+from dali_pipelines.batch import TrainingBatch
 from dali_pipelines.shardset import PRETRAINING, ShardSet
 from xkd.config import ExperimentConfig, to_dict
 from xkd.schedules import TrainSchedules
@@ -56,9 +57,9 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, shards: str | ShardSet | None, run_dir: str, process: Process,
                  deepspeed_config_path: str, resume: str | None = None, quiet: bool = False, data=None):
         """shards: a shard folder or pattern, or a ShardSet already checked (`xkd pretrain` checks it
-        before DeepSpeed starts). data: a batch source with the interface of `xkd.train.data` (len,
-        iter per epoch, epoch, state_dict, load_state_dict, skipped) instead of a pipeline over
-        `shards` (benchmarks)."""
+        before DeepSpeed starts). data: a source of TrainingBatches with the interface of
+        `xkd.train.data` (len, iter per epoch, epoch, state_dict, load_state_dict) instead of a
+        pipeline over `shards` (benchmarks, tests)."""
         import deepspeed
 
         from xkd.models import build_xkd
@@ -74,11 +75,6 @@ class Trainer:
         self.zero3 = zero_stage(self.ds_config) == 3
         if self.precision == "fp16" and self.device.type == "cpu":
             raise RunRefused(f"{deepspeed_config_path}: fp16 needs a GPU; use a *_fp32.json config on CPU")
-        if cfg.data.output_dtype != "float32":
-            raise RunRefused(f"data.output_dtype={cfg.data.output_dtype}: pretraining takes float32 views, since "
-                             "the MAE targets and the teachers read them unrounded (bf16 rounding is about 18% "
-                             "noise on a flat patch's normalised target); autocast runs the students in "
-                             f"{self.precision}. Set data.output_dtype=float32.")
 
         if data is None:
             shards = shards if isinstance(shards, ShardSet) else ShardSet.from_path(
@@ -119,6 +115,7 @@ class Trainer:
         self.step, self.nonfinite_total, self.nonfinite_in_a_row = 0, 0, 0
         self.checkpoints = CheckpointManager(self.run_dir, train.keep_checkpoints, process.rank, self.device)
         self.log = MetricsLog(self.run_dir, process.is_main)
+        self.skipped_samples: list[str] = []  # named by the batches that left them out
         self.stop_signal: str | None = None
 
     # ---------------------------------------------------------------------------------- setup
@@ -209,20 +206,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- one step
 
-    def _views(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The views on the device, as the pipeline made them (float32): never rounded to the training
-        precision here, since the MAE targets and the teachers read them (autocast casts the students'
-        matrix products)."""
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(self.device, non_blocking=True)
-
-        return [move(v) for v in batch["video"]], [move(a) for a in batch["audio"]]
-
-    def _forward(self, video, audio, epoch: int) -> dict:
+    def _forward(self, batch: TrainingBatch, epoch: int) -> dict:
+        """The views stay as the loader made them (float32, see training_batches): the MAE targets and
+        the teachers read them unrounded, and autocast runs the students' matrix products in the
+        training precision, as the authors do."""
         autocast = (torch.autocast(self.device.type, dtype=DTYPES[self.precision])
                     if self.precision != "fp32" else nullcontext())
-        with autocast:  # as the authors: fp32 inputs and targets, low-precision matrix products
-            return self.model(video, audio, epoch=epoch, students=self.engine)
+        with autocast:
+            return self.model(batch, epoch=epoch, students=self.engine)
 
     def _optimiser_step(self, values: dict) -> bool:
         """LR / weight decay for this step, the gradient check and per-parameter clipping, the step, then
@@ -287,7 +278,7 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
             self.log.close()
         return {"outcome": outcome, "step": self.step, "epoch": self.data.epoch,
-                "nonfinite_total": self.nonfinite_total, "skipped_samples": list(self.data.skipped),
+                "nonfinite_total": self.nonfinite_total, "skipped_samples": list(self.skipped_samples),
                 "left_out_shards": list(self.left_out_shards)}
 
     def _train(self, bar, window: "_Window") -> str:
@@ -299,10 +290,10 @@ class Trainer:
             waited_since = time.perf_counter()
             for batch in self.data:
                 window.data_wait += time.perf_counter() - waited_since
-                for member in batch.get("skipped", []):
+                for member in batch.skipped:
+                    self.skipped_samples.append(member)
                     self.log.event(self.step, "sample_left_out", reason=member)
-                video, audio = self._views(batch)
-                losses = self._forward(video, audio, epoch)
+                losses = self._forward(batch.to(self.device), epoch)
                 # one device synchronisation per batch: every rank learns whether any rank saw a
                 # non-finite loss or a stop signal (so all skip or stop together), and the loss terms
                 # come to the host in the same transfer
@@ -326,7 +317,7 @@ class Trainer:
                     else:
                         self.engine.step()  # DeepSpeed counts micro-steps here
                         micro_batches_pending += 1
-                    window.add(dict(zip(losses, terms)), batch["video"][0].shape[0] * self.process.world_size)
+                    window.add(dict(zip(losses, terms)), len(batch) * self.process.world_size)
                     if not applied:
                         self._skip_nonfinite("nonfinite_gradient_skipped", epoch, ["gradient"])
                     elif boundary:
@@ -383,7 +374,7 @@ class Trainer:
             "clips_per_s_per_process": window.clips / elapsed / self.process.world_size,
             "data_wait_fraction": window.data_wait / elapsed,
             "nonfinite_skipped_total": self.nonfinite_total,
-            "skipped_samples_total": len(self.data.skipped),
+            "skipped_samples_total": len(self.skipped_samples),
             **memory_mib(self.device),
         }
         self.log.write(self.step, record)
