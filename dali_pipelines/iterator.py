@@ -8,11 +8,13 @@ import json
 import os
 import re
 import warnings
+import weakref
 
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from dali_pipelines.bounded_iterator import BoundedIterator
+from dali_pipelines.host_memory import release_free_heap
 from dali_pipelines.pretrain import READER
 
 
@@ -77,16 +79,28 @@ class BatchIterator:
         self._windowed = False  # epochs are windows of the stream after a rebuild
         self._yielded = 0  # batches of the current epoch handed out
         self._pass_over = 0  # batches of self.epoch to decode and drop (resume)
-        self._dali = self._start()
+        self._dali = self._pipeline = None
+        self._dali = self._start(batches_per_epoch if per_epoch_pipelines else None)
         self._unread_pipeline_epoch = 0  # the epoch the freshly built pipeline is for
 
-    def _start(self) -> DALIGenericIterator:
+    def _start(self, runs: int | None = None) -> BoundedIterator:
+        """A DALI iterator over a new pipeline for `self.epoch`; `runs`: the batches it will be asked
+        for (None: read on until stopped)."""
         while True:
             try:  # the iterator runs the first batch right away
-                return DALIGenericIterator([self._factory(frozenset(self._excluded), self.epoch)], self.names,
-                                           reader_name=READER, auto_reset=True, last_batch_policy=self._policy)
+                pipeline = self._factory(frozenset(self._excluded), self.epoch)
+                self._pipeline = weakref.ref(pipeline)
+                return BoundedIterator([pipeline], self.names, runs, reader_name=READER, auto_reset=True,
+                                       last_batch_policy=self._policy)
             except RuntimeError as error:
                 self._record(error)
+
+    def _drop_pipeline(self) -> None:
+        """Stop the current pipeline and free its threads and buffers before the next is built."""
+        self._dali = None  # the pipeline shuts down here, unless a cycle (a traceback) still holds it
+        if self._pipeline is not None and self._pipeline() is not None:
+            gc.collect()
+        release_free_heap()
 
     def _record(self, error: RuntimeError) -> None:
         explained = explain_dali_error(error)
@@ -99,7 +113,7 @@ class BatchIterator:
 
     def _recover(self, error: RuntimeError) -> None:
         self._record(error)
-        self._dali = None  # free the old pipeline's threads and buffers first
+        self._drop_pipeline()
         self._dali = self._start()
         self._windowed = True
 
@@ -135,10 +149,10 @@ class BatchIterator:
 
     def __iter__(self):
         if self._per_epoch and self._unread_pipeline_epoch != self.epoch:
-            self._dali = None
-            gc.collect()  # release the previous epoch's pipeline (threads, pinned and GPU buffers) first
-            self._dali = self._start()
+            self._drop_pipeline()
             self._windowed = bool(self._excluded)  # fewer samples than len(self) counts on: fill from the stream
+            bounded = not self._windowed and self.batches_per_epoch is not None
+            self._dali = self._start(self._pass_over + self.batches_per_epoch if bounded else None)
         self._unread_pipeline_epoch = None
         pass_over, self._pass_over = self._pass_over, 0
         self._yielded = position = pass_over if self.batches_per_epoch is not None else 0
