@@ -5,12 +5,14 @@ import gc
 import json
 import re
 import warnings
+import weakref
 
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dali_pipelines.batch import SampleDecodeError, TrainingBatch
+from dali_pipelines.bounded_iterator import BoundedIterator
+from dali_pipelines.host_memory import release_free_heap
 from dali_pipelines.pretrain import READER
 
 
@@ -45,7 +47,10 @@ class BatchIterator:
     seed and rank share depend only on the epoch, so a run can resume in the middle of an epoch
     (`load_state_dict`): the pipeline of that epoch is rebuilt and the batches already trained on are
     decoded and passed over (DALI cannot checkpoint its video decoder), giving exactly the batches an
-    uninterrupted run would have seen. Otherwise one pipeline runs epoch after epoch.
+    uninterrupted run would have seen. Otherwise one pipeline runs epoch after epoch. A per-epoch
+    pipeline decodes only the batches its epoch reads (`BoundedIterator`), and the heap it freed goes
+    back to the system before the next is built (`release_free_heap`), so rebuilds cost little time
+    and no memory.
 
     With `skip_bad`, a sample that does not decode is named (in the next batch's `skipped`, and as
     a warning), left out, and the pipeline rebuilt without it; the run goes
@@ -66,16 +71,28 @@ class BatchIterator:
         self._windowed = False  # epochs are windows of the stream after a rebuild
         self._yielded = 0  # batches of the current epoch handed out
         self._pass_over = 0  # batches of self.epoch to decode and drop (resume)
-        self._dali = self._start()
+        self._dali = self._pipeline = None
+        self._dali = self._start(batches_per_epoch if per_epoch_pipelines else None)
         self._unread_pipeline_epoch = 0  # the epoch the freshly built pipeline is for
 
-    def _start(self) -> DALIGenericIterator:
+    def _start(self, runs: int | None = None) -> BoundedIterator:
+        """A DALI iterator over a new pipeline for `self.epoch`; `runs`: the batches it will be asked
+        for (None: read on until stopped)."""
         while True:
             try:  # the iterator runs the first batch right away
-                return DALIGenericIterator([self._factory(frozenset(self._excluded), self.epoch)], self.names,
-                                           reader_name=READER, auto_reset=True, last_batch_policy=self._policy)
+                pipeline = self._factory(frozenset(self._excluded), self.epoch)
+                self._pipeline = weakref.ref(pipeline)
+                return BoundedIterator([pipeline], self.names, runs, reader_name=READER, auto_reset=True,
+                                       last_batch_policy=self._policy)
             except RuntimeError as error:
                 self._record(error)
+
+    def _drop_pipeline(self) -> None:
+        """Stop the current pipeline and free its threads and buffers before the next is built."""
+        self._dali = None  # the pipeline shuts down here, unless a cycle (a traceback) still holds it
+        if self._pipeline is not None and self._pipeline() is not None:
+            gc.collect()
+        release_free_heap()
 
     def _record(self, error: RuntimeError) -> None:
         explained = explain_dali_error(error)
@@ -87,7 +104,7 @@ class BatchIterator:
 
     def _recover(self, error: RuntimeError) -> None:
         self._record(error)
-        self._dali = None  # free the old pipeline's threads and buffers first
+        self._drop_pipeline()
         self._dali = self._start()
         self._windowed = True
 
@@ -122,10 +139,10 @@ class BatchIterator:
 
     def __iter__(self):
         if self._per_epoch and self._unread_pipeline_epoch != self.epoch:
-            self._dali = None
-            gc.collect()  # release the previous epoch's pipeline (threads, pinned and GPU buffers) first
-            self._dali = self._start()
+            self._drop_pipeline()
             self._windowed = bool(self._excluded)  # fewer samples than len(self) counts on: fill from the stream
+            bounded = not self._windowed and self.batches_per_epoch is not None
+            self._dali = self._start(self._pass_over + self.batches_per_epoch if bounded else None)
         self._unread_pipeline_epoch = None
         pass_over, self._pass_over = self._pass_over, 0
         self._yielded = position = pass_over if self.batches_per_epoch is not None else 0

@@ -64,6 +64,10 @@ class ShardSet:
             indexes.append(index)
         return ShardSet(tuple(tars), tuple(indexes), samples, self.video_extension, self.has_video, self.left_out)
 
+    def shard_samples(self) -> list[int]:
+        """Samples in each shard, from its index file."""
+        return [_index_count(index) for index in self.indexes]
+
     def samples_per_rank(self, num_ranks: int) -> int:
         """Samples every rank gets (DALI splits by sample count; the smallest share)."""
         return self.samples // num_ranks

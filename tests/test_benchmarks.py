@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "bench_shards.py": (["--files", "2", "--copies", "1", "--runs", "1"],
                         {"realtime_factor_per_worker", "speedup_2_workers"}),
-    "bench_pipeline.py": (["--clips", "6", "--batch-size", "2", "--warmup", "1", "--batches", "2"],
-                          {"dali_clips_per_s", "reference_clips_per_s", "ratio", "device"}),
+    "bench_pipeline.py": (["--clips", "6", "--threads", "2", "--batch-size", "2", "--repeat", "1", "--warmup", "1",
+                           "--batches", "4", "--memory-rebuilds", "2"],
+                          {"dali_clips_per_s", "reference_clips_per_s", "ratio", "device", "dali_rebuilds",
+                           "memory_rebuilds", "memory_dali_rss_after_warmup_mib", "command", "date", "machine"}),
     "bench_pipeline_stages.py": (["--clips", "4", "--batch-size", "2", "--warmup", "1", "--batches", "1"],
                                  {"read_ms_per_sample", "flac_ms_per_sample", "log_mel_ms_per_sample",
                                   "video_ms_per_sample", "full_ms_per_sample"}),
