@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import report  # noqa: E402
 from dali_pipelines.shardset import PRETRAINING, ShardSet  # noqa: E402
-from shards.tarwriter import format_index  # noqa: E402
+from shards.format import FORMAT, MANIFEST, format_index  # noqa: E402
 
 MEMBERS = (("mp4", 60000), ("flac", 90000), ("json", 600), ("lengths", 8), ("cls", 2))
 
@@ -59,9 +59,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="xkd-preflight-") as scratch:
         folder = Path(scratch)
         shards = [fake_shard(folder, f"shard-{i:06d}", args.samples_per_shard) for i in range(args.shards)]
-        manifest = {"format": "xkd-shards/1", "complete": True, "has_video": True, "video_extension": "mp4",
+        manifest = {"format": FORMAT, "complete": True, "has_video": True, "video_extension": "mp4",
                     "samples": sum(s["samples"] for s in shards), "shards": shards}
-        (folder / "manifest.json").write_text(json.dumps(manifest))
+        (folder / MANIFEST).write_text(json.dumps(manifest))
         seconds = []
         for _ in range(args.runs):
             started = time.perf_counter()

@@ -8,17 +8,19 @@ the first and last lines of each index and the size of each tar, nothing else: n
 for 10,000 shards of 1,000 samples on the 2-core CPU machine's local disk, files in the page cache
 (`benchmarks/bench_preflight.py`, `benchmarks/results/preflight_cpu_2core.json`). A broken shard is
 refused with one message naming it and the command that repairs or finds it, or, with
-`skip_bad`, left out with a warning and named in `left_out`."""
+`skip_bad`, left out with a warning and named in `left_out`. The format itself (manifest, index
+lines, member extensions) is `shards/format.py`'s."""
 from __future__ import annotations
 
 import glob
-import json
 import os
 import warnings
 from dataclasses import dataclass
 
-VIDEO_EXTENSIONS = ("mp4", "mkv")
-MEMBERS_OF = {"video": VIDEO_EXTENSIONS, "audio": ("flac",)}  # what a modality needs in each sample
+from shards.format import (AUDIO_EXTENSION, VIDEO_EXTENSIONS, index_path, load_manifest, parse_index_header,
+                           parse_index_line, read_index, split_member, write_index)
+
+MEMBERS_OF = {"video": VIDEO_EXTENSIONS, "audio": (AUDIO_EXTENSION,)}  # what a modality needs in each sample
 PRETRAINING = ("video", "audio")
 _PEEK = 8192  # bytes read from each end of an index: many whole lines (one is ~200 bytes)
 
@@ -51,15 +53,13 @@ class ShardSet:
         for tar, index in zip(self.tars, self.indexes):
             bad = {key for bad_tar, key in excluded if bad_tar == tar}
             if bad:
-                with open(index) as handle:
-                    lines = handle.read().splitlines()[1:]
-                kept = [line for line in lines if line.split()[3].split(".", 1)[0] not in bad]
-                samples -= len(lines) - len(kept)
+                listed = read_index(index)
+                kept = [members for members in listed if split_member(members[0][3])[0] not in bad]
+                samples -= len(listed) - len(kept)
                 if not kept:
                     continue
                 index = os.path.join(folder, f"{len(indexes):06d}-{os.path.basename(index)}")
-                with open(index, "w") as handle:
-                    handle.write(f"v1.2 {len(kept)}\n" + "".join(line + "\n" for line in kept))
+                write_index(index, kept)
             tars.append(tar)
             indexes.append(index)
         return ShardSet(tuple(tars), tuple(indexes), samples, self.video_extension, self.has_video, self.left_out)
@@ -153,11 +153,12 @@ class _Listing:
 
 
 def _list_folder(folder: str) -> _Listing:
-    path = os.path.join(folder, "manifest.json")
-    if not os.path.isfile(path):
-        raise ShardSetError(f"{folder}: no manifest.json (not a folder made by `xkd shards create`)")
-    with open(path) as handle:
-        manifest = json.load(handle)
+    try:
+        manifest = load_manifest(folder)
+    except FileNotFoundError:
+        raise ShardSetError(f"{folder}: no manifest.json (not a folder made by `xkd shards create`)") from None
+    except ValueError as error:  # not JSON, or not our format
+        raise ShardSetError(str(error)) from None
     if not manifest.get("complete", False):
         raise ShardSetError(f"{folder}: the shard set is incomplete (a run or --part has not finished)")
     shards = tuple(_Shard(os.path.join(folder, s["tar"]), os.path.join(folder, s["idx"]), s["samples"], s["bytes"])
@@ -171,7 +172,7 @@ def _list_pattern(pattern: str) -> _Listing:
     tars = sorted(glob.glob(pattern))
     if not tars:
         raise ShardSetError(f"{pattern}: no shard folder and no .tar file matches this pattern")
-    return _Listing(pattern, tuple(_Shard(t, os.path.splitext(t)[0] + ".idx") for t in tars))
+    return _Listing(pattern, tuple(_Shard(t, index_path(t)) for t in tars))
 
 
 class _BrokenShard(Exception):
@@ -204,9 +205,9 @@ def _check_shard(shard: _Shard) -> _Peek:
     return peek
 
 
-def _peek_index(index_path: str) -> _Peek:
+def _peek_index(index: str) -> _Peek:
     """The header, the first sample's members and the last member's end, from the two ends of the file."""
-    with open(index_path, "rb") as handle:
+    with open(index, "rb") as handle:
         head = handle.read(_PEEK)
         tail = head if len(head) < _PEEK else (handle.seek(-_PEEK, os.SEEK_END), handle.read())[1]
         if head.count(b"\n") < 2 or b"\n" not in tail.rstrip(b"\n"):  # lines longer than a peek
@@ -214,12 +215,11 @@ def _peek_index(index_path: str) -> _Peek:
             head = tail = handle.read()
     lines, last = head.split(b"\n"), tail.rstrip(b"\n").rsplit(b"\n", 1)
     try:
-        version, count = lines[0].split()
-        first, final = lines[1].split(), last[-1].split()
-        if version != b"v1.2" or len(last) < 2 or not first or len(first) % 4 or len(final) % 4:
+        count = parse_index_header(lines[0].decode())
+        first, final = parse_index_line(lines[1].decode()), parse_index_line(last[-1].decode())
+        if len(last) < 2 or not first or not final:
             raise ValueError
-        return _Peek(int(count), tuple(ext.decode() for ext in first[0::4]),
-                     max(int(offset) + int(size) for offset, size in zip(final[1::4], final[2::4])))
+        return _Peek(count, tuple(ext for ext, *_ in first), max(offset + size for _, offset, size, _ in final))
     except (ValueError, IndexError):
-        raise _BrokenShard(f"its index {os.path.basename(index_path)} is not a DALI v1.2 index of at least "
+        raise _BrokenShard(f"its index {os.path.basename(index)} is not a DALI v1.2 index of at least "
                            "one sample", "index") from None

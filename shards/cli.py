@@ -146,7 +146,7 @@ def run_index(args) -> int:
 
 
 def run_stats(args) -> int:
-    from shards.manifest import load_manifest
+    from shards.format import load_manifest
     from shards.verify import format_stats
 
     try:

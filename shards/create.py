@@ -22,13 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from shards.atomic import atomic_write_json
 from shards.folder_lock import FolderLock
+from shards.format import TMP_SUFFIX, index_path
 from shards.inputs import InputItem, InputSet, Rejection
-from shards.manifest import STATE_DIR, atomic_write_json, write_manifest
+from shards.manifest import STATE_DIR, write_manifest
 from shards.options import ShardOptions
 from shards.pool import OrderedPool
 from shards.sample import Sample, make_sample
-from shards.tarwriter import TMP_SUFFIX, ShardWriter, member_bytes, tar_size_with
+from shards.tarwriter import ShardWriter, member_bytes, tar_size_with
 
 
 class PlanMismatch(RuntimeError):
@@ -170,9 +172,8 @@ class _PartWriter:
                 or (cap is not None and self.writer.size_if_added(members) > cap)):
             self.finish(end=position, final=False)
         if self.writer is None:
-            name = f"{self.prefix}-{self.shard_index:06d}"
-            self.writer = ShardWriter(os.path.join(self.out_dir, name + ".tar"),
-                                      os.path.join(self.out_dir, name + ".idx"))
+            tar = os.path.join(self.out_dir, f"{self.prefix}-{self.shard_index:06d}.tar")
+            self.writer = ShardWriter(tar, index_path(tar))
         self.writer.add(result.key, members)
         self.samples.append({"key": result.key, "duration": result.duration,
                              "has_audio": result.meta["has_audio"], "label_id": result.meta["label_id"]})

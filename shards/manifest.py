@@ -1,5 +1,6 @@
-"""manifest.json: what a shard folder holds, rebuilt from the per-shard records under `.state/`
-(so parts running on several machines each bring it up to date, and the last one completes it)."""
+"""manifest.json (its format: `shards/format.py`): what a shard folder holds, rebuilt from the
+per-shard records under `.state/` (so parts running on several machines each bring it up to date,
+and the last one completes it)."""
 from __future__ import annotations
 
 import glob
@@ -7,20 +8,11 @@ import json
 import os
 from collections import Counter
 
+from shards.atomic import atomic_write_json
+from shards.format import FORMAT, MANIFEST
 from shards.options import ShardOptions
 
 STATE_DIR = ".state"
-MANIFEST = "manifest.json"
-FORMAT = "xkd-shards/1"
-
-
-def atomic_write_json(path: str, payload) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _load_records(out_dir: str) -> list[dict]:
@@ -89,13 +81,3 @@ def write_manifest(out_dir: str) -> dict:
         if _record_names(out_dir) == seen:
             return manifest
 
-
-def load_manifest(out_dir: str) -> dict:
-    path = os.path.join(out_dir, MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no manifest (is {out_dir} a shard folder made by `xkd shards create`?)")
-    with open(path) as handle:
-        manifest = json.load(handle)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown manifest format {manifest.get('format')!r}")
-    return manifest

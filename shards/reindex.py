@@ -1,7 +1,7 @@
 """`xkd shards index DIR`: (re)write the DALI index of every shard that lacks one or whose index does
 not match its tar (shards copied without their `.idx`, an index from another tool or version).
 
-The index is read off the tar's own headers (no decoding) and written by the writer's own
+The index is read off the tar's own headers (no decoding) and written by `shards/format.py`'s
 `write_index`, so it is byte for byte the index `xkd shards create` writes, and atomically. A tar
 that is not an xkd shard is refused, since a pipeline could not read it anyway: every member must be
 `KEY.EXT` with one of our extensions, each sample's members side by side, each sample with its
@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from shards.tarwriter import IndexEntry, format_index, tar_samples, write_index
-
-MEMBER_EXTENSIONS = {"mp4", "mkv", "flac", "json", "lengths", "cls"}  # what ShardOptions.members can hold
-REQUIRED_MEMBERS = {"json", "lengths"}  # in every sample, video or audio-only
+from shards.format import (MEMBER_EXTENSIONS, REQUIRED_MEMBERS, IndexEntry, format_index, index_path, tar_samples,
+                           write_index)
 
 
 class NotAShard(ValueError):
@@ -72,7 +70,7 @@ def index_folder(folder: str, progress: bool = True) -> IndexReport:
         except (NotAShard, OSError) as exc:
             report.refused.append(str(exc))
             continue
-        idx = os.path.splitext(tar)[0] + ".idx"
+        idx = index_path(tar)
         if os.path.isfile(idx):
             with open(idx) as handle:
                 if handle.read() == format_index(index):

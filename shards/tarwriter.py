@@ -1,17 +1,17 @@
-"""Writes one shard: a deterministic tar (fixed mtime/owner, ustar headers), its DALI index (the
-`v1.2` format of DALI's wds2idx) and nothing half-written: everything goes to temporary names
-that `commit()` renames into place, index first and tar last."""
+"""Writes one shard: a deterministic tar (fixed mtime/owner, ustar headers), its DALI index
+(`shards/format.py`) and nothing half-written: everything goes to temporary names that `commit()`
+renames into place, index first and tar last."""
 from __future__ import annotations
 
 import io
 import os
 import tarfile
 
+from shards.atomic import replace_synced
+from shards.format import TMP_SUFFIX, IndexEntry, write_index
+
 TAR_BLOCK = tarfile.BLOCKSIZE  # 512
 TAR_RECORD = tarfile.RECORDSIZE  # the archive is padded to a multiple of this on close
-TMP_SUFFIX = ".tmp"
-
-IndexEntry = tuple[str, int, int, str]  # one member: (extension, data offset, size, member name)
 
 
 def _padded(size: int) -> int:
@@ -55,10 +55,8 @@ class ShardWriter:
     def commit(self) -> int:
         """Close, sync and rename into place (index first, tar last); returns the tar's size."""
         self._tar.close()
-        with open(self.tar_path + TMP_SUFFIX, "rb") as handle:
-            os.fsync(handle.fileno())
         write_index(self.idx_path, self._index)
-        os.replace(self.tar_path + TMP_SUFFIX, self.tar_path)
+        replace_synced(self.tar_path + TMP_SUFFIX, self.tar_path)
         return os.path.getsize(self.tar_path)
 
     def abort(self) -> None:
@@ -66,55 +64,3 @@ class ShardWriter:
         for path in (self.tar_path, self.idx_path):
             if os.path.exists(path + TMP_SUFFIX):
                 os.remove(path + TMP_SUFFIX)
-
-
-def format_index(samples: list[list[IndexEntry]]) -> str:
-    """The text of a v1.2 index: a header, then one line per sample listing its members."""
-    lines = [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in members)
-             for members in samples]
-    return f"v1.2 {len(lines)}\n" + "".join(line + "\n" for line in lines)
-
-
-def write_index(idx_path: str, samples: list[list[IndexEntry]]) -> None:
-    """Write an index under a temporary name, sync it and rename it into place: a reader sees the
-    old index or the whole new one, never half of one."""
-    with open(idx_path + TMP_SUFFIX, "w") as handle:
-        handle.write(format_index(samples))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(idx_path + TMP_SUFFIX, idx_path)
-
-
-def tar_samples(archive: tarfile.TarFile):
-    """(key, [(member, index entry), ...]) per sample of an open tar, in archive order: the samples
-    that a v1.2 index lists (members sharing the name before the first dot, regular files only)."""
-    key, members = None, []
-    for member in archive:
-        if not member.isfile():
-            continue
-        name_key, ext = member.name.split(".", 1) if "." in member.name else (member.name, "")
-        if name_key != key and members:
-            yield key, members
-            members = []
-        key = name_key
-        members.append((member, (ext, member.offset_data, member.size, member.name)))
-    if members:
-        yield key, members
-
-
-def read_index(idx_path: str) -> list[list[IndexEntry]]:
-    """Parse a v1.2 index: per sample, its (extension, data offset, size, member name)."""
-    with open(idx_path) as handle:
-        header = handle.readline().split()
-        if len(header) != 2 or header[0] != "v1.2":
-            raise ValueError(f"{idx_path}: not a v1.2 DALI webdataset index")
-        samples = []
-        for line in handle:
-            fields = line.split()
-            if len(fields) % 4:
-                raise ValueError(f"{idx_path}: malformed line {line.strip()!r}")
-            samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
-                            for i in range(0, len(fields), 4)])
-    if len(samples) != int(header[1]):
-        raise ValueError(f"{idx_path}: header says {header[1]} samples, found {len(samples)}")
-    return samples

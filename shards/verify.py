@@ -12,10 +12,9 @@ from concurrent.futures import ProcessPoolExecutor
 import av
 import soundfile
 
-from shards.manifest import load_manifest
+from shards.format import VIDEO_EXTENSIONS, load_manifest, read_index, tar_samples
 from shards.options import AUDIO_RATE
 from shards.sample import lengths_member
-from shards.tarwriter import read_index, tar_samples
 
 
 def _check_video(name: str, data: bytes, meta: dict) -> list[str]:
@@ -55,7 +54,7 @@ def _check_sample(key: str, members: dict[str, bytes], expected: list[str]) -> l
     problems = [] if meta.get("key") == key else [f"{key}.json: key field is {meta.get('key')!r}"]
     if members["lengths"] != lengths_member(meta["frames"], meta["audio_samples"]):
         problems.append(f"{key}.lengths: does not match the JSON's frames and audio_samples")
-    checks = [(ext, _check_video) for ext in expected if ext in ("mp4", "mkv")] + [("flac", _check_audio)]
+    checks = [(ext, _check_video) for ext in expected if ext in VIDEO_EXTENSIONS] + [("flac", _check_audio)]
     for ext, check in checks:
         try:
             problems += check(f"{key}.{ext}", members[ext], meta)

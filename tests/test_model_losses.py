@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from xkd.config import LossConfig
-from xkd.losses import (CrossModalDistillationLoss, XKDLoss, cross_modal_attention, mmd, refine_tokens,
-                        refined_pooling)
-from xkd.models.mae import reconstruction_loss
+from xkd.losses import CrossModalDistillationLoss, XKDLoss, mmd, reconstruction_loss
+from xkd.models.refinement import cross_modal_attention, refine_tokens, refined_pooling
 
 GAMMAS = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3]
 

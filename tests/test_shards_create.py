@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import make_bad_inputs
-from shards.manifest import load_manifest
+from shards.format import load_manifest
 from shards.synthetic import write_clip
 from shards.verify import verify
 

@@ -19,9 +19,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import sys
 
-    from xkd.backbone_io import save_backbone
+    from xkd.backbone_io import load_official_backbone, save_backbone
     from xkd.config import ConfigError, load_config
-    from xkd.weights import WeightImportError, load_official_backbone
+    from xkd.weights import WeightImportError
 
     try:
         encoder, modality, model_cfg = load_official_backbone(

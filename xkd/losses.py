@@ -1,5 +1,6 @@
-"""XKD losses (spec section 3): cross-modal distillation with centring, MMD domain alignment,
-cross-modal attention refinement of teacher tokens, and the weighted total.
+"""XKD losses (spec section 3): cross-modal distillation with centring, MMD domain alignment, the MAE
+reconstruction loss (spec 2.7), and the weighted total. (The attention refinement of the teachers'
+tokens is a step of their forward pass: `xkd/models/refinement.py`.)
 
 Every loss is computed in fp32, also under autocast: the KD softmaxes and the MMD distance
 (||x||^2 ~ 8192 for LayerNorm-ed logits) lose too much precision in half precision.
@@ -14,26 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xkd.config import LossConfig
+from xkd.fp32 import in_fp32
 from xkd.schedules import teacher_temperature
-
-
-def _fp32(fn):
-    """Run a loss with autocast off and tensor inputs in fp32."""
-
-    def wrapper(*args, **kwargs):
-        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-        converted = {}  # by id, so that f(x, x) still receives one tensor twice
-
-        def to_fp32(a):
-            if isinstance(a, torch.Tensor) and a.is_floating_point():
-                return converted.setdefault(id(a), a.float())
-            return a
-
-        with torch.autocast(device_type=device, enabled=False):
-            return fn(*[to_fp32(a) for a in args], **kwargs)
-
-    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-    return wrapper
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,7 +44,7 @@ class CrossModalDistillationLoss(nn.Module):
         return self._loss(student, teacher.detach(), self.center, student_temp, teacher_temp)
 
     @staticmethod
-    @_fp32
+    @in_fp32
     def _loss(student, teacher, center, student_temp, teacher_temp):
         batch = teacher.shape[0]
         if student.shape[0] % batch:
@@ -84,7 +67,7 @@ class CrossModalDistillationLoss(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-@_fp32
+@in_fp32
 def gaussian_kernel_sum(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float]) -> torch.Tensor:
     """sum_g exp(-g ||x_i - y_j||^2) for all pairs, (n_x, n_y)."""
     sq_dist = x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1).unsqueeze(0) - 2.0 * x @ y.T
@@ -95,7 +78,7 @@ def gaussian_kernel_sum(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float
     return sum(torch.exp(-gamma * sq_dist) for gamma in gammas)
 
 
-@_fp32
+@in_fp32
 def mmd(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float]) -> torch.Tensor:
     """Biased (V-statistic) MMD^2 with a multi-bandwidth Gaussian kernel; sample sizes may differ."""
     return (gaussian_kernel_sum(x, x, gammas).mean() + gaussian_kernel_sum(y, y, gammas).mean()
@@ -112,46 +95,23 @@ class MMDLoss(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Cross-modal attention refinement of teacher tokens
+# MAE reconstruction
 # --------------------------------------------------------------------------------------------
 
 
-@_fp32
-def cross_modal_attention(video_attn: torch.Tensor, audio_attn: torch.Tensor, mode: str = "mean"):
-    """Re-weight each modality's CLS attention (B, heads, N) by the other modality's.
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                        norm_pix: bool = True) -> torch.Tensor:
+    """Mean squared error over masked patches only.
 
-    'mean' (authors' cm_attn_mode, in closed form): v~ = v * mean(a) / mean(v) per head, and
-    symmetrically; 'softmax': v~ = softmax_i(v_i * mean(a)).
+    With `norm_pix`, each target patch is standardised by its own mean and unbiased variance.
     """
-    v_mean = video_attn.mean(dim=-1, keepdim=True)
-    a_mean = audio_attn.mean(dim=-1, keepdim=True)
-    if mode == "mean":
-        return video_attn * a_mean / v_mean, audio_attn * v_mean / a_mean
-    if mode == "softmax":
-        return (video_attn * a_mean).softmax(dim=-1), (audio_attn * v_mean).softmax(dim=-1)
-    raise ValueError(f"unknown cross-modal attention mode {mode!r}")
-
-
-def refine_tokens(tokens: torch.Tensor, head_weights: torch.Tensor) -> torch.Tensor:
-    """Energy-preserving refinement: F'_i = s * w_i * F_i with w_i = mean over heads.
-
-    s (per sample) makes ||mean_i F'_i|| equal ||mean_i F_i||, so the pooled vector is turned
-    towards the attended tokens without changing its norm. tokens (B, N, D), weights (B, heads, N).
-    """
-    weights = head_weights.mean(dim=1).unsqueeze(-1).to(tokens.dtype)  # (B, N, 1)
-    weighted = weights * tokens
-    plain_norm = tokens.mean(dim=1).float().norm(dim=-1)
-    weighted_norm = weighted.mean(dim=1).float().norm(dim=-1).clamp_min(1e-12)
-    scale = (plain_norm / weighted_norm).to(tokens.dtype).view(-1, 1, 1)
-    return scale * weighted
-
-
-def refined_pooling(video_tokens, audio_tokens, video_attn, audio_attn, mode: str = "mean"):
-    """Pooled teacher vectors (B, D) per modality: refined token mean, or plain mean for mode 'none'."""
-    if mode == "none":
-        return video_tokens.mean(dim=1), audio_tokens.mean(dim=1)
-    video_w, audio_w = cross_modal_attention(video_attn, audio_attn, mode)
-    return refine_tokens(video_tokens, video_w).mean(dim=1), refine_tokens(audio_tokens, audio_w).mean(dim=1)
+    pred, target = pred.float(), target.float()
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)  # unbiased, as the authors
+        target = (target - mean) / (var + 1.0e-6).sqrt()
+    per_patch = (pred - target).pow(2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()
 
 
 # --------------------------------------------------------------------------------------------

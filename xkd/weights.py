@@ -1,4 +1,5 @@
-"""Loading the authors' released XKD backbones (vid_student.pth.tar, aud_teacher.pth.tar, ...).
+"""The authors' released XKD backbones (vid_student.pth.tar, aud_teacher.pth.tar, ...) mapped onto our
+encoders; `xkd/backbone_io.py` reads the files.
 
 Their files are torch.save'd state_dicts of VideoViT / AudioViT (spec section 7), possibly wrapped
 ({"state_dict": ...}) or with a `module.` prefix. Key renaming onto our encoders:
@@ -15,7 +16,6 @@ unexpected and mis-shaped keys.
 """
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from dataclasses import replace
@@ -185,24 +185,3 @@ def convert_official_backbone(state: Mapping[str, Any], base: ModelConfig | None
                           f"{round(encoder.mlp_ratio * encoder.embed_dim)}, as most keys agree)")
     return modality, model_cfg, renamed
 
-
-def load_official_file(path: str, part: str | None = None) -> dict[str, torch.Tensor]:
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise WeightImportError("the file is empty")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # empty, cut, not a torch file, or pickled objects weights_only refuses
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise WeightImportError(f"cannot be read as a PyTorch file ({type(err).__name__}: {first_line})") from None
-    return select_part(unwrap_state_dict(obj), part)
-
-
-def load_official_backbone(path: str, part: str | None = None, base: ModelConfig | None = None,
-                           num_heads: int | None = None):
-    """Read an authors' .pth.tar into one of our encoders. Returns (encoder, modality, model_cfg)."""
-    from xkd.models.encoders import build_encoder
-
-    modality, model_cfg, state = convert_official_backbone(load_official_file(path, part), base, num_heads)
-    encoder = build_encoder(modality, model_cfg)
-    encoder.load_state_dict(state, strict=True)
-    return encoder, modality, model_cfg

@@ -1,4 +1,4 @@
-"""MAE decoder and reconstruction loss (spec 2.7)."""
+"""MAE decoder (spec 2.7); its reconstruction loss is with the other losses in `xkd/losses.py`."""
 from __future__ import annotations
 
 import torch
@@ -50,17 +50,3 @@ class MAEDecoder(nn.Module):
         x = run_blocks(self.blocks, x)
         return self.out_proj(x)[:, 1:]
 
-
-def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                        norm_pix: bool = True) -> torch.Tensor:
-    """Mean squared error over masked patches only.
-
-    With `norm_pix`, each target patch is standardised by its own mean and unbiased variance.
-    """
-    pred, target = pred.float(), target.float()
-    if norm_pix:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)  # unbiased, as the authors
-        target = (target - mean) / (var + 1.0e-6).sqrt()
-    per_patch = (pred - target).pow(2).mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum()

@@ -1,18 +1,22 @@
-"""Pre-norm transformer block with fused attention (SDPA) and an explicit-softmax reference path.
+"""Pre-norm transformer blocks: timm's `Block` and `Attention` (SDPA), thinly wrapped for what XKD
+needs beyond them: the CLS query's attention row of the last block (the teachers' cross-modal
+refinement reads it) without giving up the fused kernel, and a switch to the explicit softmax.
 
-Parameter names match the authors' blocks (`norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`,
-`mlp.fc2`), so their released weights load without renaming inside a block.
+Parameter names are timm's, which are the authors' (`norm1`, `attn.qkv`, `attn.proj`, `norm2`,
+`mlp.fc1`, `mlp.fc2`), so their released weights load without renaming inside a block.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import Attention as TimmAttention
+from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v, written out; the reference the fused kernel is tested against."""
+    """softmax(q k^T * scale) v, written out: the op SDPA is timed against (`benchmarks/bench_model.py`)."""
     weights = (q @ k.transpose(-2, -1)) * scale
     return weights.softmax(dim=-1) @ v
 
@@ -26,52 +30,63 @@ def cls_attention_row(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.T
     return logits.softmax(dim=-1).squeeze(2)
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False):
-        super().__init__()
+class Attention(TimmAttention):
+    """timm's attention, always on SDPA unless `fused` is set False (then timm's explicit softmax),
+    whatever TIMM_FUSED_ATTN says; it can also give the CLS query's attention row."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, **timm_options):
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.fused = True  # SDPA (flash / memory-efficient kernels); False = explicit softmax
+        super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, **timm_options)
+        self.fused_attn = True
 
-    def forward(self, x: torch.Tensor, return_cls_attention: bool = False):
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
-        if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            out = explicit_attention(q, k, v, self.scale)
-        out = self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
-        if return_cls_attention:
-            return out, cls_attention_row(q, k, self.scale)
-        return out
+    @property
+    def fused(self) -> bool:
+        return self.fused_attn
+
+    @fused.setter
+    def fused(self, enabled: bool) -> None:
+        self.fused_attn = enabled
+
+    @contextmanager
+    def recording_cls_attention(self):
+        """Yields a list that receives, for each call of this layer within the `with`, the CLS attention
+        row (B, heads, N) of its q and k, read off the qkv projection: timm's forward runs unchanged."""
+        rows = []
+
+        def record(_module, _args, qkv):
+            q, k, _ = qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
+            rows.append(cls_attention_row(self.q_norm(q), self.k_norm(k), self.scale))
+
+        hook = self.qkv.register_forward_hook(record)
+        try:
+            yield rows
+        finally:
+            hook.remove()
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False, return_cls_attention: bool = False):
+        if not return_cls_attention:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        with self.recording_cls_attention() as rows:
+            out = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        return out, rows[0]
 
 
-class Block(nn.Module):
-    """x + Attn(LN(x)), then x + MLP(LN(x)); LayerNorm eps 1e-5, GELU MLP."""
+class Block(TimmBlock):
+    """timm's block, x + Attn(LN(x)), then x + MLP(LN(x)), with torch's LayerNorm (eps 1e-5, the
+    authors'; timm's default is 1e-6) and the attention above."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio))
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop_path=drop_path, norm_layer=nn.LayerNorm,
+                         attn_layer=Attention)
 
     def forward(self, x: torch.Tensor, return_cls_attention: bool = False):
-        if return_cls_attention:
-            attn_out, cls_attn = self.attn(self.norm1(x), return_cls_attention=True)
-        else:
-            attn_out, cls_attn = self.attn(self.norm1(x)), None
-        x = x + self.drop_path(attn_out)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return (x, cls_attn) if return_cls_attention else x
+        if not return_cls_attention:
+            return super().forward(x)
+        with self.attn.recording_cls_attention() as rows:
+            x = super().forward(x)
+        return x, rows[0]
 
 
 def init_xavier(module: nn.Module) -> None:

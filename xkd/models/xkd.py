@@ -20,11 +20,12 @@ from torch import nn
 
 from dali_pipelines.batch import TrainingBatch
 from xkd.config import LossConfig, ModelConfig
-from xkd.losses import XKDLoss, refined_pooling
+from xkd.losses import XKDLoss, reconstruction_loss
 from xkd.models.dino_head import DINOHead
 from xkd.models.ema import ema_update, paired_parameters
 from xkd.models.encoders import ViTEncoder, build_encoder
-from xkd.models.mae import MAEDecoder, reconstruction_loss
+from xkd.models.mae import MAEDecoder
+from xkd.models.refinement import refined_pooling
 from xkd.models.transformer import make_block_stack
 
 MODALITIES = ("video", "audio")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shards.manifest import atomic_write_json
+from shards.atomic import atomic_write_json
 from xkd.train.distributed import barrier
 
 COMPLETE = "xkd_complete.json"
