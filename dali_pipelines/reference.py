@@ -24,6 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from dali_pipelines.batch import SampleDecodeError, TrainingBatch
 from dali_pipelines.config import AudioViewConfig, DataConfig, MelConfig, VideoViewConfig
 from dali_pipelines.shardset import ShardSet
+from shards.format import VIDEO_EXTENSIONS
 
 
 def decode_frames(data: bytes, start: int, count: int, member: tuple[str, str, str]) -> torch.Tensor:
@@ -120,7 +121,7 @@ class ClipTransform:
         frames_total, _ = np.frombuffer(sample["lengths"], "<i4")
         clip_frames = round(cfg.fps * cfg.clip_seconds)
         start = int(rng.integers(0, max(frames_total - clip_frames + 1, 1)))
-        video_ext = next(ext for ext in ("mp4", "mkv") if ext in sample)
+        video_ext = next(ext for ext in VIDEO_EXTENSIONS if ext in sample)
         frames = decode_frames(sample[video_ext], start, clip_frames, (tar, key, video_ext))
 
         try:

@@ -66,7 +66,7 @@ class ShardSet:
 
     def shard_samples(self) -> list[int]:
         """Samples in each shard, from its index file."""
-        return [_index_count(index) for index in self.indexes]
+        return [_peek_index(index).samples for index in self.indexes]
 
     def samples_per_rank(self, num_ranks: int) -> int:
         """Samples every rank gets (DALI splits by sample count; the smallest share)."""
