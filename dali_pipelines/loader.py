@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from dali_pipelines.config import DataConfig
-from dali_pipelines.iterator import BatchIterator
+from dali_pipelines.iterator import PipelineEpochs
 from dali_pipelines.ops import torch_cast
 from dali_pipelines.pretrain import output_names, pretrain_pipeline
 from dali_pipelines.shardset import ShardSet
@@ -26,7 +26,7 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 def pretrain_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
                     device=None, seed: int = 0, drop_last: bool = True, skip_bad: bool = False,
-                    dtype: torch.dtype = torch.float32) -> BatchIterator:
+                    dtype: torch.dtype = torch.float32) -> PipelineEpochs:
     """TrainingBatches of XKD views in `dtype`; rank `rank` of `world_size` reads its own share of the samples
     (shares rotate between ranks from epoch to epoch). Each epoch gets a fresh pipeline seeded by
     (seed, rank, epoch), so `state_dict()` / `load_state_dict()` resume mid-epoch exactly.
@@ -45,5 +45,4 @@ def pretrain_loader(shards: str | ShardSet, cfg: DataConfig, *, rank: int = 0, w
         return pipeline
 
     batches = shards.batches_per_rank(world_size, cfg.batch_size) if drop_last else None
-    return BatchIterator(build, output_names(cfg), batches, drop_last, torch_cast(dtype), skip_bad,
-                         per_epoch_pipelines=True)
+    return PipelineEpochs(build, output_names(cfg), batches, drop_last, torch_cast(dtype), skip_bad)

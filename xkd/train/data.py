@@ -8,33 +8,29 @@ from __future__ import annotations
 
 import torch
 
+from dali_pipelines.epochs import EpochStream
 from dali_pipelines.loader import pretrain_loader
 from dali_pipelines.reference import reference_loader
 from dali_pipelines.shardset import ShardSet
 from xkd.config import ExperimentConfig
 
 
-class ReferenceEpochs:
+class ReferenceEpochs(EpochStream):
     """The reference loader (PyAV + torchaudio in DataLoader workers) by epoch. Its ranks split by
     shard, so a rank whose share runs out before `len(self)` batches restarts its stream (with a new
     order) to fill the epoch; every rank then steps the same number of times."""
 
     def __init__(self, shards: ShardSet, cfg: ExperimentConfig, rank: int, world_size: int, seed: int):
+        super().__init__(shards.batches_per_rank(world_size, cfg.data.batch_size))
         self.loader = reference_loader(shards, cfg.data, rank=rank, world_size=world_size, seed=seed,
                                        num_workers=cfg.train.reference_workers, drop_last=True,
                                        skip_bad=cfg.train.skip_bad_samples,
                                        persistent_workers=False)  # workers must see the epoch set below
-        self.batches_per_epoch = shards.batches_per_rank(world_size, cfg.data.batch_size)
-        self.epoch = 0
-        self._yielded = self._pass_over = 0
 
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def _stream(self):
+    def _epoch(self, epoch: int, total: int | None):
         restart = 0
         while True:
-            self.loader.dataset.epoch = self.epoch * 1000 + restart  # the dataset seeds its order by it
+            self.loader.dataset.epoch = epoch * 1000 + restart  # the dataset seeds its order by it
             empty = True
             for batch in self.loader:
                 empty = False
@@ -42,26 +38,6 @@ class ReferenceEpochs:
             if empty:
                 raise RuntimeError("the reference loader yielded no batch (more ranks x workers than shards?)")
             restart += 1
-
-    def __iter__(self):
-        stream = self._stream()
-        for _ in range(self._pass_over):
-            next(stream)
-        self._yielded, self._pass_over = self._pass_over, 0
-        while self._yielded < self.batches_per_epoch:
-            batch = next(stream)
-            self._yielded += 1
-            yield batch
-        self.epoch += 1
-        self._yielded = 0
-
-    def state_dict(self) -> dict:
-        if self._yielded >= self.batches_per_epoch:
-            return {"epoch": self.epoch + 1, "batch": 0}
-        return {"epoch": self.epoch, "batch": self._yielded}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self._pass_over = int(state["epoch"]), int(state["batch"])
 
 
 def training_batches(shards: ShardSet, cfg: ExperimentConfig, rank: int, world_size: int, device):
