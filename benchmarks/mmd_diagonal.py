@@ -1,4 +1,4 @@
-"""How far our MMD (exact zero diagonal, spec B4) reads from the authors' formula at initialisation.
+"""How far our MMD (exact zero diagonal, docs/method.md B4) reads from the authors' formula at initialisation.
 
     python benchmarks/mmd_diagonal.py                    # ViT-B (xkd_base), batch 4, fp32, this machine
     python benchmarks/mmd_diagonal.py --preset xkd_tiny --batch-size 8

@@ -1,5 +1,5 @@
 """The data section of the experiment config: every knob of the pretraining and evaluation views.
-Defaults are the paper's XKD preset (XKD_SPEC sections 1.1-1.4); `xkd.config` nests this as
+Defaults are the paper's XKD preset (docs/method.md §Views); `xkd.config` nests this as
 `data:` so presets and `--set data.x=y` overrides reach it."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class VideoViewConfig:
     hue: float = 0.2  # fraction of a full turn: +-0.2 -> +-72 degrees
     grayscale_prob: float = 0.0
     blur_prob: float = 0.0
-    # Authors (spec B6): a fixed anisotropic blur, sigma_x 0.1 and sigma_y 2.0. 'random' draws one
+    # Authors (docs/method.md B6): a fixed anisotropic blur, sigma_x 0.1 and sigma_y 2.0. 'random' draws one
     # isotropic sigma in [0.1, 2.0] per view (what the code meant, as in BYOL/DINO).
     blur_sigma_mode: Literal["authors", "random"] = "authors"
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
@@ -56,7 +56,7 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float = 8000.0
     log_offset: float = 1.1920929e-07  # float32 eps, added before the natural log
-    # Kinetics-400 statistics of the normalised log-mel (spec 1.4), used for every dataset
+    # Kinetics-400 statistics of the normalised log-mel (docs/method.md §Log-mel, B17), used for every dataset
     mean: float = -5.3688107
     std: float = 4.410007
 

@@ -1,4 +1,4 @@
-"""The XKD pretraining pipeline (XKD_SPEC 1.1-1.4): one clip per sample, audio and video starting
+"""The XKD pretraining pipeline (docs/method.md §Views): one clip per sample, audio and video starting
 at the same instant, a global view and K local views of each modality.
 
 Per sample: the `.lengths` member gives the video's frame count, a start frame is drawn

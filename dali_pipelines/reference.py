@@ -49,7 +49,7 @@ def decode_frames(data: bytes, start: int, count: int, member: tuple[str, str, s
 
 
 class LogMel(torch.nn.Module):
-    """torchaudio's mel spectrogram with the spec's settings, natural log, dataset normalisation."""
+    """torchaudio's mel spectrogram as in docs/method.md §Log-mel: natural log, dataset normalisation."""
 
     def __init__(self, mel: MelConfig):
         super().__init__()

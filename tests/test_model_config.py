@@ -16,7 +16,7 @@ def test_presets_exist_and_load():
         assert cfg.name == name
 
 
-# The authors' configs (xkd.yaml, xkd_mas.yaml, xkd_mats.yaml), as the spec reads them: the values every
+# The authors' configs (xkd.yaml, xkd_mas.yaml, xkd_mats.yaml), as docs/method.md records them: the values every
 # preset of a variant must keep, whatever its size. Teacher temperatures are (warm-up start, final).
 AUTHORS_LOSS = {"align_coeff": 1.0, "cmkd_coeff": 1.0, "recon_coeff": 5.0, "student_temp_video": 0.1,
                 "student_temp_audio": 0.1, "teacher_temp_warmup_epochs": 30, "center_momentum": 0.9,

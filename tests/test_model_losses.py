@@ -16,7 +16,7 @@ def test_mmd_of_a_set_with_itself_is_zero():
     torch.manual_seed(0)
     x = torch.randn(6, 32)
     assert mmd(x, x, GAMMAS).abs() < 1e-6
-    # A copy goes through ||x||^2 + ||y||^2 - 2xy, whose rounding exp(-1000 d) amplifies (spec B4).
+    # A copy goes through ||x||^2 + ||y||^2 - 2xy, whose rounding exp(-1000 d) amplifies (docs/method.md B4).
     assert mmd(x, x.clone(), GAMMAS).abs() < 1e-2
 
 
@@ -37,7 +37,7 @@ def test_mmd_matches_the_v_statistic_by_hand():
 
 
 def test_mmd_of_unrelated_layernormed_logits_is_about_7_over_n_each():
-    # spec B4: with 8192-d LayerNorm-ed logits every off-diagonal kernel underflows
+    # docs/method.md B4: with 8192-d LayerNorm-ed logits every off-diagonal kernel underflows
     torch.manual_seed(0)
     ln = torch.nn.LayerNorm(8192, elementwise_affine=False)
     x, y = ln(torch.randn(4, 8192)), ln(torch.randn(4, 8192))

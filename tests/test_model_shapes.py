@@ -123,12 +123,12 @@ def test_position_resize_uses_the_authors_scale_factors():
     video, audio = build_encoder("video", cfg), build_encoder("audio", cfg)
     assert video.position_embedding((8, 7, 7)) is video.pos_embed  # native grid: untouched
     table = video.pos_embed[:, 1:].reshape(1, 8, 7, 7, 32).permute(0, 4, 1, 2, 3)
-    # spec 2.3: scale_factor = ((t/4 + 0.1)/8, (H/16 + 0.1)/7, (W/16 + 0.1)/7), trilinear, as a scale
+    # docs/method.md §Encoders: scale_factor = ((t/4 + 0.1)/8, (H/16 + 0.1)/7, (W/16 + 0.1)/7), trilinear, as a scale
     expected = F.interpolate(table, scale_factor=((2 + 0.1) / 8, (6 + 0.1) / 7, (6 + 0.1) / 7), mode="trilinear",
                              align_corners=False).permute(0, 2, 3, 4, 1).reshape(1, 72, 32)
     resized = video.position_embedding((2, 6, 6))
     assert torch.allclose(resized[:, 1:], expected) and torch.equal(resized[:, :1], video.pos_embed[:, :1])
-    # spec 2.4: audio frequency kept (scale 1), time scaled by (W/16 + 0.1)/28, bicubic
+    # docs/method.md §Encoders: audio frequency kept (scale 1), time scaled by (W/16 + 0.1)/28, bicubic
     table = audio.pos_embed[:, 1:].reshape(1, 20, 28, 32).permute(0, 3, 1, 2)
     expected = F.interpolate(table, scale_factor=(1, (7 + 0.1) / 28), mode="bicubic",
                              align_corners=False).permute(0, 2, 3, 1).reshape(1, 140, 32)

@@ -52,7 +52,7 @@ def test_ema_arithmetic_once_per_tensor(variant):
             p.fill_(0.0)
     model.ema_update(0.9)
     for name, p in model.teachers.named_parameters():
-        # 0.9 * 0 + 0.1 * 1, also for the MATS shared stack (the authors' code gave 0.19, spec B10)
+        # 0.9 * 0 + 0.1 * 1, also for the MATS shared stack (the authors' code gave 0.19, docs/method.md B10)
         assert torch.allclose(p, torch.full_like(p, 0.1)), name
     model.ema_update(0.5, momentum_audio=0.0)
     assert torch.allclose(model.teachers.video_head.mlp[0].weight, torch.tensor(0.55))

@@ -13,7 +13,7 @@ from xkd.models import build_encoder
 from xkd.weights import (WeightImportError, convert_official_backbone, detect_modality, select_part,
                          unwrap_state_dict)
 
-# key -> shape listing of the authors' released backbones (copied from shared/reference)
+# key -> shape listing of the authors' released backbones (docs/method.md §Backbone files)
 REFERENCE = Path(__file__).resolve().parent / "data" / "xkd_official_backbone_keys.json"
 
 # The authors' names for our keys, written out independently of xkd.weights.

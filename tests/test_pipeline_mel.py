@@ -1,5 +1,5 @@
-"""Log-mel parity: DALI's graph, the reference loader's torchaudio module and the spec's definition
-(librosa 0.8 semantics, written out in numpy here) agree on the same waveform."""
+"""Log-mel parity: DALI's graph, the reference loader's torchaudio module and the definition in
+docs/method.md §Log-mel (librosa 0.8 semantics, written out in numpy here) agree on the same waveform."""
 import numpy as np
 import pytest
 import torch
@@ -13,7 +13,7 @@ MEL = MelConfig()
 
 
 def spec_definition(wave: np.ndarray) -> np.ndarray:
-    """XKD_SPEC 1.4: centred STFT (reflect pad, periodic Hann 1024, hop 143), |X|^2 + 2.22e-16,
+    """docs/method.md §Log-mel: centred STFT (reflect pad, periodic Hann 1024, hop 143), |X|^2 + 2.22e-16,
     Slaney mel filters (80, 0-8000 Hz, Slaney norm), + float32 eps, natural log, Kinetics stats."""
     n_fft, hop = MEL.n_fft, MEL.hop
     padded = np.pad(wave.astype(np.float64), n_fft // 2, mode="reflect")

@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Schema. Defaults are the paper's ViT-B XKD (spec sections 0, 2, 3).
+# Schema. Defaults are the paper's ViT-B XKD (docs/method.md §Model, §Losses).
 # --------------------------------------------------------------------------------------------
 
 
@@ -98,10 +98,10 @@ class ModelConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     norm_pix_loss: bool = True
     # Index into the view lists fed to the teachers. 1 = first local view, as in the authors' code
-    # (spec B1); 0 = the global view, as drawn in the paper.
+    # (docs/method.md B1); 0 = the global view, as drawn in the paper.
     teacher_view: int = 1
     # Student global representation for KD: 'masked' = mean of the visible tokens of the MAE pass
-    # (authors, spec B11); 'unmasked' = an extra unmasked pass over the global view.
+    # (authors, docs/method.md B11); 'unmasked' = an extra unmasked pass over the global view.
     student_global: Literal["masked", "unmasked"] = "masked"
 
 
@@ -112,7 +112,7 @@ class LossConfig:
     recon_coeff: float = 5.0
     student_temp_video: float = 0.1
     student_temp_audio: float = 0.1
-    # Teacher temperatures warm up linearly per epoch from *_warmup to the final value (spec section 3).
+    # Teacher temperatures warm up linearly per epoch from *_warmup to the final value (docs/method.md §Schedules).
     teacher_temp_video: float = 0.1
     teacher_temp_video_warmup: float = 0.1
     teacher_temp_audio: float = 0.07
@@ -120,16 +120,16 @@ class LossConfig:
     teacher_temp_warmup_epochs: int = 30
     center_momentum: float = 0.9
     mmd_gammas: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3])
-    # The teacher-teacher MMD has no gradient (spec B3); kept by default so logged values match.
+    # The teacher-teacher MMD has no gradient (docs/method.md B3); kept by default so logged values match.
     mmd_teacher_term: bool = True
-    # Cross-modal attention refinement of teacher tokens (spec 3.2): 'mean' (authors), 'softmax',
+    # Cross-modal attention refinement of teacher tokens (docs/method.md §Refinement): 'mean' (authors), 'softmax',
     # or 'none' (plain mean pooling, the paper's "without refinement" ablation).
     refine_mode: Literal["mean", "softmax", "none"] = "mean"
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation, schedules and run control for `xkd pretrain` (spec section 4).
+    """Optimisation, schedules and run control for `xkd pretrain` (docs/method.md §Schedules, §Training step).
 
     The batch per process is data.batch_size; the total batch is data.batch_size x grad_accumulation
     x processes. DeepSpeed's batch, accumulation and clipping fields are filled from here.
@@ -145,7 +145,7 @@ class TrainConfig:
     warmup_epochs: int = 30
     weight_decay: float = 0.3  # cosine from weight_decay to weight_decay_end (constant in the paper)
     weight_decay_end: float = 0.3
-    decay_tokens: bool = True  # cls / pos / mask tokens decayed too (authors, spec B8)
+    decay_tokens: bool = True  # cls / pos / mask tokens decayed too (authors, docs/method.md B8)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1.0e-8
     ema_momentum: float = 0.997  # per-iteration cosine to ema_momentum_end, no warm-up

@@ -1,5 +1,5 @@
-"""XKD losses (spec section 3): cross-modal distillation with centring, MMD domain alignment, the MAE
-reconstruction loss (spec 2.7), and the weighted total. (The attention refinement of the teachers'
+"""XKD losses (docs/method.md §Losses): cross-modal distillation with centring, MMD domain alignment, the MAE
+reconstruction loss (§Reconstruction), and the weighted total. (The attention refinement of the teachers'
 tokens is a step of their forward pass: `xkd/models/refinement.py`.)
 
 Every loss is computed in fp32, also under autocast: the KD softmaxes and the MMD distance

@@ -1,4 +1,4 @@
-"""Per-iteration (or per-epoch) schedules as plain numpy arrays, DINO style (spec section 4)."""
+"""Per-iteration (or per-epoch) schedules as plain numpy arrays, DINO style (docs/method.md §Schedules)."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +20,7 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, iters_p
 
 
 def ema_momentum_schedule(epochs: int, iters_per_epoch: int, base: float = 0.997, final: float = 1.0) -> np.ndarray:
-    """Teacher EMA momentum per iteration: cosine from 0.997 to 1, no warm-up (spec section 4)."""
+    """Teacher EMA momentum per iteration: cosine from 0.997 to 1, no warm-up (docs/method.md §Schedules)."""
     return cosine_scheduler(base, final, epochs, iters_per_epoch)
 
 
@@ -39,7 +39,7 @@ def teacher_temperature_schedule(warmup_value: float, final_value: float, warmup
 
 
 class TrainSchedules:
-    """LR, weight decay and EMA momentum for every optimiser step of a run (spec section 4).
+    """LR, weight decay and EMA momentum for every optimiser step of a run (docs/method.md §Schedules).
 
     The peak LR is train.base_lr x total batch / train.lr_reference_batch (the authors' 1e-4 at 256).
     """

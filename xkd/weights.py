@@ -1,7 +1,7 @@
 """The authors' released XKD backbones (vid_student.pth.tar, aud_teacher.pth.tar, ...) mapped onto our
 encoders; `xkd/backbone_io.py` reads the files.
 
-Their files are torch.save'd state_dicts of VideoViT / AudioViT (spec section 7), possibly wrapped
+Their files are torch.save'd state_dicts of VideoViT / AudioViT (docs/method.md §Backbone files), possibly wrapped
 ({"state_dict": ...}) or with a `module.` prefix. Key renaming onto our encoders:
 
     cls_token                    -> cls_token

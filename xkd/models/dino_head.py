@@ -1,4 +1,4 @@
-"""DINO / iBOT-style projection head (spec 2.5)."""
+"""DINO / iBOT-style projection head (docs/method.md §DINO heads)."""
 from __future__ import annotations
 
 import torch
@@ -35,7 +35,7 @@ class DINOHead(nn.Module):
         if cfg.num_layers == 1:
             layers: list[nn.Module] = [nn.Linear(in_dim, cfg.bottleneck_dim)]
         else:
-            # One LayerNorm instance reused on every hidden layer: the authors tie them (spec B5).
+            # One LayerNorm instance reused on every hidden layer: the authors tie them (docs/method.md B5).
             hidden_norm = nn.LayerNorm(cfg.hidden_dim)
             layers = [nn.Linear(in_dim, cfg.hidden_dim), hidden_norm, nn.GELU()]
             for _ in range(cfg.num_layers - 2):

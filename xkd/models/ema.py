@@ -11,7 +11,7 @@ def paired_parameters(pairs: Iterable[tuple[nn.Module, nn.Module]]) -> list[tupl
     """(student param, teacher param) for each (student module, teacher module) pair, in order.
 
     Each teacher tensor appears once even when a block stack is shared (XKD-MATS), so it is averaged
-    once per step with momentum m, not twice (m^2) as in the authors' code (spec B10).
+    once per step with momentum m, not twice (m^2) as in the authors' code (docs/method.md B10).
     """
     out, seen = [], set()
     for student, teacher in pairs:

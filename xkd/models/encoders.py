@@ -1,4 +1,4 @@
-"""Video and audio ViT encoders (spec 2.3, 2.4).
+"""Video and audio ViT encoders (docs/method.md §Encoders).
 
 Our parameter names follow timm / the authors' evaluation code (`patch_embed.proj`, `pos_embed`,
 `blocks.i`, `norm`); `xkd.weights` maps the authors' training names onto them.

@@ -1,4 +1,4 @@
-"""MAE decoder (spec 2.7); its reconstruction loss is with the other losses in `xkd/losses.py`."""
+"""MAE decoder (docs/method.md §MAE decoders); its reconstruction loss is with the other losses in `xkd/losses.py`."""
 from __future__ import annotations
 
 import torch
@@ -39,7 +39,7 @@ class MAEDecoder(nn.Module):
         """latent (B, 1 + keep, D_enc) -> predicted patches (B, N, patch_dim) in original order."""
         batch, num_tokens = ids_restore.shape
         if num_tokens != self.num_patches:
-            # The MAE only ever sees the global view, whose grid is the native one (spec B9).
+            # The MAE only ever sees the global view, whose grid is the native one (docs/method.md B9).
             raise ValueError(f"decoder built for {self.num_patches} patches, got {num_tokens}")
         x = self.mid_proj(latent)
         cls, visible = x[:, :1], x[:, 1:]

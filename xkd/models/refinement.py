@@ -1,6 +1,6 @@
-"""Cross-modal attention refinement of the teachers' tokens (spec section 3; `xkd/models/DEPARTURES.md`
-B12): a step of the teachers' forward pass, before their DINO heads. Each modality's CLS attention is
-re-weighted by the other modality's, and the tokens are pooled under those weights.
+"""Cross-modal attention refinement of the teachers' tokens (docs/method.md §Refinement and B12;
+`xkd/models/DEPARTURES.md`): a step of the teachers' forward pass, before their DINO heads. Each modality's
+CLS attention is re-weighted by the other modality's, and the tokens are pooled under those weights.
 
 The re-weighting runs in fp32 (`xkd/fp32.py`), as the losses do."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""XKD, XKD-MAS and XKD-MATS in one code path (spec sections 3 and 5).
+"""XKD, XKD-MAS and XKD-MATS in one code path (docs/method.md §Losses, §Variants).
 
     model = XKD(cfg.model, cfg.loss)
     losses = model(batch, epoch)   # a TrainingBatch; a dict of every term, the total in losses["loss"]
@@ -74,7 +74,7 @@ class XKDStudents(nn.Module):
         recon = reconstruction_loss(pred, encoder.patch_embed.patchify(global_view), mask, self.cfg.norm_pix_loss)
 
         if self.cfg.student_global == "masked":
-            pooled = [latent[:, 1:].mean(dim=1)]  # visible tokens only (spec B11)
+            pooled = [latent[:, 1:].mean(dim=1)]  # visible tokens only (docs/method.md B11)
         else:
             pooled = [encoder(global_view)[:, 1:].mean(dim=1)]
         for group in _group_consecutive_by_shape(views[1:]):
@@ -173,10 +173,10 @@ class XKD(nn.Module):
         self.criterion.update_centres()
 
     def param_groups(self, weight_decay: float, decay_tokens: bool = True) -> list[dict]:
-        """Optimizer groups over the trainable student parameters (spec section 4).
+        """Optimizer groups over the trainable student parameters (docs/method.md §Training step).
 
         Biases and 1-D tensors get no decay. The authors decay cls/pos/mask tokens too
-        (decay_tokens=True, spec B8); decay_tokens=False excludes them, as MAE does.
+        (decay_tokens=True, docs/method.md B8); decay_tokens=False excludes them, as MAE does.
         """
         decay, no_decay = [], []
         for name, param in self.students.named_parameters():

@@ -5,7 +5,7 @@ the KD centres stay outside it in fp32 and follow the students after every appli
 (gathered first under ZeRO-3). A batch with a non-finite loss, or a step with a non-finite
 gradient, is skipped on every rank and changes nothing: no weight, optimizer state, teacher or
 centre. LR, weight decay and EMA momentum follow per-iteration schedules,
-the teacher temperatures per-epoch ones (spec section 4).
+the teacher temperatures per-epoch ones (docs/method.md §Schedules).
 """
 from __future__ import annotations
 
