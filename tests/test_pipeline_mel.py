@@ -12,7 +12,7 @@ from dali_pipelines.reference import LogMel
 MEL = MelConfig()
 
 
-def spec_definition(wave: np.ndarray) -> np.ndarray:
+def log_mel_definition(wave: np.ndarray) -> np.ndarray:
     """docs/method.md §Log-mel: centred STFT (reflect pad, periodic Hann 1024, hop 143), |X|^2 + 2.22e-16,
     Slaney mel filters (80, 0-8000 Hz, Slaney norm), + float32 eps, natural log, Kinetics stats."""
     n_fft, hop = MEL.n_fft, MEL.hop
@@ -63,12 +63,12 @@ def waves():
     return [speechlike.astype(np.float32), quiet.astype(np.float32)]
 
 
-def test_shapes_are_the_spec_frame_counts(waves):
+def test_shapes_are_the_documented_frame_counts(waves):
     global_view, local_view = dali_log_mel(waves)
     assert global_view.shape == (80, 448) and local_view.shape == (80, 112)
 
 
-def test_dali_reference_and_spec_agree(waves):
+def test_dali_reference_and_definition_agree(waves):
     """Tolerance: the three compute with different FFTs and summation orders (DALI and torchaudio
     in float32, the definition in float64). In normalised log units the spread measured on these
     waves is at most 5e-6, float32 round-off magnified by the log. 1e-4 (4.4e-4 natural-log
@@ -76,7 +76,7 @@ def test_dali_reference_and_spec_agree(waves):
     padding, mel scale or normalisation moves values by far more."""
     reference = LogMel(MEL)
     for wave, ours in zip(waves, dali_log_mel(waves)):
-        spec = spec_definition(wave)
+        spec = log_mel_definition(wave)
         torchaudio_out = reference(torch.from_numpy(wave)).numpy()
         assert np.abs(ours - spec).max() < 1e-4
         assert np.abs(torchaudio_out - spec).max() < 1e-4

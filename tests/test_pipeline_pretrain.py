@@ -48,7 +48,7 @@ def first_batch(loader):
 
 
 @pytest.mark.parametrize("make", [pretrain_loader, reference_loader], ids=["dali", "reference"])
-def test_views_have_the_spec_shapes_dtypes_and_ranges(vp9_shards, make):
+def test_views_have_the_documented_shapes_dtypes_and_ranges(vp9_shards, make):
     batch = first_batch(make(str(vp9_shards), config()))
     assert [tuple(v.shape) for v in batch.video] == [(2, 3, 32, 112, 112), (2, 3, 8, 96, 96)]
     assert [tuple(a.shape) for a in batch.audio] == [(2, 1, 80, 448), (2, 1, 80, 112)]
