@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     per_variant = {}
     for variant in variants:
         cfg, model, optimizer = build(args.preset, variant, device)
-        batch = synthetic_batch(cfg.model, batch_size, video_local_views=1 if variant == "xkd" else 3, device=device)
+        batch = synthetic_batch(cfg.data, batch_size, video_local_views=1 if variant == "xkd" else 3, device=device)
         step = make_step(model, optimizer, device)
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(device)

@@ -49,7 +49,7 @@ def stage_pipeline(shards: ShardSet, cfg: DataConfig, stage: str):
     waveform = decode_waveform(flac, cfg)
     if stage == "flac":
         return waveform
-    clip = fn.slice(waveform, 0, round(cfg.clip_seconds * cfg.mel.sample_rate), axes=[0],
+    clip = fn.slice(waveform, 0, cfg.clip_samples, axes=[0],
                     out_of_bounds_policy="pad", fill_values=0.0)
     return audio_view(clip, cfg.global_audio, cfg.mel, types.FLOAT)
 

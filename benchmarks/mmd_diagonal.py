@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     cfg = load_config(args.preset)
     model = build_xkd(cfg).eval()
-    batch = synthetic_batch(cfg.model, args.batch_size, generator=torch.Generator().manual_seed(args.seed))
+    batch = synthetic_batch(cfg.data, args.batch_size, generator=torch.Generator().manual_seed(args.seed))
     gammas = cfg.loss.mmd_gammas
     with torch.no_grad():
         students = model.students(batch.video, batch.audio)

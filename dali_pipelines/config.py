@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+VIDEO_CHANNELS = 3  # RGB
+AUDIO_CHANNELS = 1  # one log-mel image
+
 
 @dataclass
 class VideoViewConfig:
@@ -60,6 +63,14 @@ class MelConfig:
     mean: float = -5.3688107
     std: float = 4.410007
 
+    def samples(self, seconds: float) -> int:
+        """Waveform samples in `seconds` of audio."""
+        return round(seconds * self.sample_rate)
+
+    def frames(self, samples: int) -> int:
+        """Log-mel frames of a waveform of `samples`: the STFT is centred, so one per hop plus one."""
+        return 1 + samples // self.hop
+
 
 @dataclass
 class DataConfig:
@@ -81,3 +92,41 @@ class DataConfig:
     eval_clips: int = 10  # clips spread uniformly over each video (and its audio)
     eval_crops: int = 1  # 1 (centre) or 3 (left/centre/right along the long side)
     eval_size: int = 112
+
+    # The clip geometry derived from the fields above: the one place the pipelines, the reference
+    # loader and the synthetic batches compute it (`xkd.config.load_config` checks the model against it).
+
+    @property
+    def clip_frames(self) -> int:
+        return round(self.fps * self.clip_seconds)
+
+    @property
+    def clip_samples(self) -> int:
+        return self.mel.samples(self.clip_seconds)
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Video frame k of a clip starts at audio sample k x this."""
+        return self.mel.sample_rate // self.fps
+
+    @property
+    def local_audio_samples(self) -> int:
+        return self.mel.samples(self.local_audio.seconds)
+
+    @property
+    def global_video_shape(self) -> tuple[int, int, int, int]:
+        """(C, T, H, W): the global video view is the whole clip."""
+        return VIDEO_CHANNELS, self.clip_frames, self.global_video.size, self.global_video.size
+
+    @property
+    def local_video_shape(self) -> tuple[int, int, int, int]:
+        return VIDEO_CHANNELS, self.local_video.frames, self.local_video.size, self.local_video.size
+
+    @property
+    def global_audio_shape(self) -> tuple[int, int, int]:
+        """(C, mel bins, frames): the global audio view is the log-mel of the whole clip."""
+        return AUDIO_CHANNELS, self.mel.mel_bins, self.mel.frames(self.clip_samples)
+
+    @property
+    def local_audio_shape(self) -> tuple[int, int, int]:
+        return AUDIO_CHANNELS, self.mel.mel_bins, self.mel.frames(self.local_audio_samples)

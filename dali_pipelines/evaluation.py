@@ -58,12 +58,11 @@ def eval_pipeline(shards: ShardSet, cfg: DataConfig, modality: str = "both", sha
     members = dict(zip(exts, members))
     lengths = fn.reinterpret(members["lengths"], dtype=types.INT32)
     dtype = output_type(dtype)
-    clips, clip_frames = cfg.eval_clips, round(cfg.fps * cfg.clip_seconds)
-    clip_samples = round(cfg.clip_seconds * cfg.mel.sample_rate)
+    clips, clip_frames, clip_samples = cfg.eval_clips, cfg.clip_frames, cfg.clip_samples
     outputs = []
     if shards.has_video:  # clips start on the video's frames; the audio windows follow them
         starts = _uniform_starts(lengths[0], clip_frames, clips)
-        audio_starts = starts * (cfg.mel.sample_rate // cfg.fps)
+        audio_starts = starts * cfg.samples_per_frame
     else:
         audio_starts = _uniform_starts(lengths[1], clip_samples, clips)
     if use_video:

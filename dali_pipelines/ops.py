@@ -110,7 +110,7 @@ def audio_view(waveform, view: AudioViewConfig, mel: MelConfig, dtype):
         waveform = waveform * uniform(1 - view.volume_jitter, 1 + view.volume_jitter)
     spec = log_mel(waveform, mel)
     if view.resize_crop:
-        spec = _random_resize_crop(spec, view, mel, num_frames=1 + round(view.seconds * mel.sample_rate) // mel.hop)
+        spec = _random_resize_crop(spec, view, mel, num_frames=mel.frames(mel.samples(view.seconds)))
     spec = fn.cast(spec, dtype=dtype)
     return fn.expand_dims(spec, axes=[0], new_axis_names="C")
 

@@ -31,10 +31,9 @@ def read_shards(shards: ShardSet, cfg: DataConfig, shard_id: int, num_shards: in
 def decode_clip(video_bytes, lengths, cfg: DataConfig, gpu: bool = False):
     """(frames (F, H, W, C) uint8, start frame): a clip of `clip_seconds` from a uniform start,
     decoded from the key frame before it; a shorter video repeats its last frame."""
-    clip_frames = round(cfg.fps * cfg.clip_seconds)
-    start = random_index(dmath.max(lengths[0] - clip_frames + 1, 1))
+    start = random_index(dmath.max(lengths[0] - cfg.clip_frames + 1, 1))
     frames = fn.decoders.video(video_bytes, device="mixed" if gpu else "cpu", start_frame=start,
-                               sequence_length=clip_frames, pad_mode="edge")
+                               sequence_length=cfg.clip_frames, pad_mode="edge")
     return frames, start
 
 
@@ -51,14 +50,12 @@ def pretrain_pipeline(shards: ShardSet, cfg: DataConfig, shard_id: int = 0, num_
         raise ValueError("pretraining needs video and audio; these shards were made with --audio-only")
     video_bytes, flac, meta, lengths = read_shards(shards, cfg, shard_id, num_shards)
     dtype = output_type(dtype)
-    clip_frames = round(cfg.fps * cfg.clip_seconds)
-    samples_per_frame = cfg.mel.sample_rate // cfg.fps
+    clip_frames, clip_samples = cfg.clip_frames, cfg.clip_samples
 
     # one start for both modalities: video frame `start` is audio sample `start * sr / fps`
     frames, start = decode_clip(video_bytes, lengths, cfg, gpu)
     waveform = decode_waveform(flac, cfg)
-    clip_samples = round(cfg.clip_seconds * cfg.mel.sample_rate)
-    clip_audio = fn.slice(waveform, start * samples_per_frame, clip_samples, axes=[0],
+    clip_audio = fn.slice(waveform, start * cfg.samples_per_frame, clip_samples, axes=[0],
                           out_of_bounds_policy="pad", fill_values=0.0)
     if gpu:
         clip_audio = clip_audio.gpu()
@@ -71,7 +68,7 @@ def pretrain_pipeline(shards: ShardSet, cfg: DataConfig, shard_id: int = 0, num_
         videos.append(video_view(clip, cfg.local_video, cfg.mean, cfg.std, dtype))
 
     audios = [audio_view(clip_audio, cfg.global_audio, cfg.mel, dtype)]
-    local_samples = round(cfg.local_audio.seconds * cfg.mel.sample_rate)
+    local_samples = cfg.local_audio_samples
     for _ in range(cfg.local_audio_views):  # cut from the raw clip, at a multiple of 100 samples
         first = random_int(0, (clip_samples - local_samples) // 100) * 100
         piece = fn.slice(clip_audio, first, local_samples, axes=[0])

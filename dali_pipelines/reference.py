@@ -119,7 +119,7 @@ class ClipTransform:
         tar, key = sample.get("__url__", "?"), sample["__key__"]
         meta = json.loads(sample["json"])
         frames_total, _ = np.frombuffer(sample["lengths"], "<i4")
-        clip_frames = round(cfg.fps * cfg.clip_seconds)
+        clip_frames, clip_samples = cfg.clip_frames, cfg.clip_samples
         start = int(rng.integers(0, max(frames_total - clip_frames + 1, 1)))
         video_ext = next(ext for ext in VIDEO_EXTENSIONS if ext in sample)
         frames = decode_frames(sample[video_ext], start, clip_frames, (tar, key, video_ext))
@@ -128,8 +128,7 @@ class ClipTransform:
             audio, _ = soundfile.read(io.BytesIO(sample["flac"]), dtype="float32")
         except (RuntimeError, soundfile.LibsndfileError) as exc:
             raise SampleDecodeError(tar, key, "flac", str(exc)) from None
-        clip_samples = round(cfg.clip_seconds * cfg.mel.sample_rate)
-        first = start * (cfg.mel.sample_rate // cfg.fps)
+        first = start * cfg.samples_per_frame
         clip_audio = torch.zeros(clip_samples)
         piece = torch.from_numpy(audio[first:first + clip_samples])
         clip_audio[:len(piece)] = piece
@@ -140,7 +139,7 @@ class ClipTransform:
             videos.append(self._video_view(frames[local_start:local_start + cfg.local_video.frames],
                                            cfg.local_video, rng))
         audios = [self._audio_view(clip_audio, cfg.global_audio, rng)]
-        local_samples = round(cfg.local_audio.seconds * cfg.mel.sample_rate)
+        local_samples = cfg.local_audio_samples
         for _ in range(cfg.local_audio_views):
             local_start = int(rng.integers(0, (clip_samples - local_samples) // 100 + 1)) * 100
             audios.append(self._audio_view(clip_audio[local_start:local_start + local_samples], cfg.local_audio, rng))

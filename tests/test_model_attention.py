@@ -54,7 +54,7 @@ def test_whole_model_fused_equals_explicit():
     torch.manual_seed(0)
     cfg = load_config("xkd_micro")
     model = build_xkd(cfg).eval()  # eval: the KD centres stay put between the two passes
-    batch = synthetic_batch(cfg.model, 2)
+    batch = synthetic_batch(cfg.data, 2)
     torch.manual_seed(1)
     fused = model(batch)
     set_fused_attention(model, False)

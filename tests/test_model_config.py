@@ -109,3 +109,31 @@ def test_to_dict_round_trips():
     data = to_dict(cfg)
     assert yaml.safe_load(yaml.safe_dump(data)) == data
     assert from_dict(ExperimentConfig, data) == cfg
+
+
+def test_the_clip_geometry_of_the_paper_preset_is_derived_from_the_data_section():
+    data = load_config("xkd_base").data
+    assert (data.clip_frames, data.clip_samples, data.samples_per_frame) == (32, 64000, 2000)
+    assert data.global_video_shape == (3, 32, 112, 112) and data.local_video_shape == (3, 8, 96, 96)
+    assert data.global_audio_shape == (1, 80, 448) and data.local_audio_shape == (1, 80, 112)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.video.num_frames=16", r"model\.video\.num_frames=16 but data\.clip_seconds x data\.fps = 4 x 8 = 32 frames"),
+    ("data.fps=4", r"model\.video\.num_frames=32 but data\.clip_seconds x data\.fps = 4 x 4 = 16 frames"),
+    ("model.video.image_size=128", r"model\.video\.image_size=128 but data\.global_video\.size=112"),
+    ("model.audio.mel_bins=64", r"model\.audio\.mel_bins=64 but data\.mel\.mel_bins=80"),
+    ("data.mel.hop=160", r"model\.audio\.num_frames=448 but .*data\.mel\.hop=160.* = 401 mel frames"),
+    ("data.global_video.frames=16", r"data\.global_video\.frames=16 but .* = 32 frames"),
+    ("data.local_video.frames=6", r"data\.local_video\.frames=6 is not a whole number of model\.video\.tubelet_size=4"),
+    ("data.local_video.size=100", r"data\.local_video\.size=100 is not a whole number of model\.video\.patch_size=16"),
+    ("data.local_audio.seconds=0.9", r"= 101 mel frames, not a whole number of model\.audio\.patch_time=16"),
+])
+def test_a_model_that_contradicts_the_data_section_is_refused_naming_both_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("xkd_tiny", [override])
+
+
+def test_a_partial_view_override_keeps_the_views_other_defaults():
+    local = load_config("xkd_tiny", ["data.local_video.frames=4"]).data.local_video
+    assert (local.frames, local.size, local.crop_area, local.blur_prob) == (4, 96, [0.08, 0.4], 0.5)

@@ -26,7 +26,7 @@ def test_real_input_sizes_every_view_and_variant(variant):
     cfg.model.variant = variant
     model = build_xkd(cfg)
     local_video = 1 if variant == "xkd" else 3
-    batch = synthetic_batch(cfg.model, 2, video_local_views=local_video)
+    batch = synthetic_batch(cfg.data, 2, video_local_views=local_video)
     assert [tuple(v.shape) for v in batch.video[:2]] == [(2, 3, 32, 112, 112), (2, 3, 8, 96, 96)]
     assert [tuple(a.shape) for a in batch.audio] == [(2, 1, 80, 448), (2, 1, 80, 112)]
 
@@ -77,7 +77,7 @@ def test_decoder_projections_are_identities_where_the_widths_are_equal():
     assert isinstance(equal_in.video_decoder.mid_proj, torch.nn.Identity)  # 96 -> 96
     for decoder in (base.video_decoder, base.audio_decoder):  # never at the paper's sizes
         assert isinstance(decoder.mid_proj, torch.nn.Linear) and isinstance(decoder.out_proj, torch.nn.Linear)
-    batch = synthetic_batch(load_config("xkd_tiny").model, 1)
+    batch = synthetic_batch(load_config("xkd_tiny").data, 1)
     model = build_xkd(load_config("xkd_tiny"))
     assert torch.isfinite(model(batch)["loss"])
 

@@ -23,7 +23,7 @@ def test_gradients_reach_every_student_parameter_and_no_teacher(variant):
     torch.manual_seed(0)
     cfg = micro(variant)
     model = build_xkd(cfg)
-    batch = synthetic_batch(cfg.model, 2, video_local_views=2)
+    batch = synthetic_batch(cfg.data, 2, video_local_views=2)
     model(batch)["loss"].backward()
     for name, param in model.students.named_parameters():
         if param.requires_grad:
@@ -74,7 +74,7 @@ def test_bf16_students_next_to_fp32_teachers_without_autocast():
     cfg = micro("xkd_mas")
     model = build_xkd(cfg)
     model.students.to(torch.bfloat16)
-    out = model(synthetic_batch(cfg.model, 2))
+    out = model(synthetic_batch(cfg.data, 2))
     assert all(v.dtype == torch.float32 for v in out.values()) and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert model.students.video.blocks[0].attn.qkv.weight.grad.dtype == torch.bfloat16
@@ -111,8 +111,8 @@ def test_shared_student_blocks_get_gradients_from_both_modalities():
     cfg = micro("xkd_mas")
     model = build_xkd(cfg)
     students = model.students
-    video_views = synthetic_batch(cfg.model, 2).video
-    audio_views = synthetic_batch(cfg.model, 2).audio
+    video_views = synthetic_batch(cfg.data, 2).video
+    audio_views = synthetic_batch(cfg.data, 2).audio
     out = students(video_views, audio_views)
     (g_video,) = torch.autograd.grad(out["recon_video"], students.video.blocks[0].attn.qkv.weight, retain_graph=True)
     (g_audio,) = torch.autograd.grad(out["recon_audio"], students.audio.blocks[0].attn.qkv.weight)
@@ -143,7 +143,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(variant):
     torch.manual_seed(0)
     cfg = micro(variant)
     model = build_xkd(cfg)
-    batch = synthetic_batch(cfg.model, 4, video_local_views=1 if variant == "xkd" else 3)
+    batch = synthetic_batch(cfg.data, 4, video_local_views=1 if variant == "xkd" else 3)
     optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=2e-3, betas=(0.9, 0.95))
     losses = []
     for _ in range(12):
@@ -174,7 +174,7 @@ def test_bf16_autocast_step_on_gpu(variant):
     torch.manual_seed(0)
     cfg = micro(variant)
     model = build_xkd(cfg).cuda()
-    batch = synthetic_batch(cfg.model, 2, device="cuda")
+    batch = synthetic_batch(cfg.data, 2, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(batch)
     out["loss"].backward()
@@ -188,7 +188,7 @@ def test_departure_switches_change_the_loss(override):
     torch.manual_seed(0)
     default, switched = micro(), micro("xkd", override)
     model = build_xkd(default).eval()
-    batch = synthetic_batch(default.model, 2)
+    batch = synthetic_batch(default.data, 2)
     torch.manual_seed(1)
     reference = model(batch)
     other = build_xkd(switched).eval()

@@ -58,7 +58,7 @@ class FaultyBatches:  # the training-batch interface (xkd/train/data.py)
     def __iter__(self):
         for index in range(BATCHES):
             self.photos.append(photograph(trainer))
-            batch = synthetic_batch(cfg.model, 2, generator=torch.Generator().manual_seed(100 * rank + index))
+            batch = synthetic_batch(cfg.data, 2, generator=torch.Generator().manual_seed(100 * rank + index))
             if index == NAN_TEACHER_AT and rank == 1:
                 batch.video[cfg.model.teacher_view][0, 0, 0, 0, 0] = float("nan")
             gradient_fault[0] = index == NAN_GRADIENT_AT and rank == 0

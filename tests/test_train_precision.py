@@ -23,7 +23,7 @@ from xkd.train.loop import Trainer
 
 ds = sys.argv[1]
 cfg = load_config("xkd_micro", ["data.batch_size=2", "train.max_steps=1", "train.log_every_steps=1"])
-batch = synthetic_batch(cfg.model, 2, generator=torch.Generator().manual_seed(0))
+batch = synthetic_batch(cfg.data, 2, generator=torch.Generator().manual_seed(0))
 flat = batch.video[0][:, :, :4, :16, :16]  # exactly one 4x16x16 tubelet: nearly flat, as a patch of sky
 flat.copy_(1 + 0.01 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(1)))
 

@@ -224,13 +224,24 @@ def from_dict(cls, data: Any, path: str = ""):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         full = [f"{path}.{k}" if path else str(k) for k in unknown]
-        raise ConfigError(f"unknown config key(s): {', '.join(full)} (allowed under {where}: {sorted(names)})")
-    kwargs = {k: _check_value(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+        raise ConfigError(f"unknown config key(s): {', '.join(full)} (allowed under {where}: {sorted(fields)})")
+    kwargs = {k: _check_value(_onto_default(fields[k], v), hints[k], f"{path}.{k}" if path else k)
+              for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _onto_default(f: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested section merged onto that field's own default, not its class's:
+    `data.local_video.frames=4` keeps the local view's crop and blur, not a global view's."""
+    if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            return _deep_merge(dataclasses.asdict(default), value)
+    return value
 
 
 def to_dict(cfg) -> dict:
@@ -300,4 +311,56 @@ def load_config(name_or_path: str | Path = "xkd_base", overrides: Optional[list[
     data = _read_yaml_tree(name_or_path)
     for override in overrides or []:
         data = apply_override(data, override)
-    return from_dict(ExperimentConfig, data)
+    cfg = from_dict(ExperimentConfig, data)
+    check_geometry(cfg.model, cfg.data)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# The model's input geometry against the data section.
+# --------------------------------------------------------------------------------------------
+
+
+def check_geometry(model: ModelConfig, data: DataConfig) -> None:
+    """Refuse a model whose input sizes are not the views the data section makes.
+
+    The model keeps its own sizes and is checked, not derived: it is also built without a data
+    section (backbones exported and imported with their own geometry, benchmarks), and its sizes
+    fix the position tables a checkpoint holds; the data section says how the views are cut. Local
+    views may differ from the global ones (the encoders interpolate their position tables), but
+    must cut into whole tubelets / patches."""
+    v, a = model.video, model.audio
+    clip = f"data.clip_seconds x data.fps = {data.clip_seconds:g} x {data.fps}"
+    mel = f"data.mel.hop={data.mel.hop} at data.mel.sample_rate={data.mel.sample_rate}"
+    _, clip_frames, size, _ = data.global_video_shape
+    channels, bins, mel_frames = data.global_audio_shape
+    _, local_frames, local_size, _ = data.local_video_shape
+    local_mel_frames = data.local_audio_shape[2]
+    problems = [
+        (v.num_frames != clip_frames, f"model.video.num_frames={v.num_frames} but {clip} = {clip_frames} frames"),
+        (data.global_video.frames != clip_frames, f"data.global_video.frames={data.global_video.frames} but "
+         f"{clip} = {clip_frames} frames (the global view is the whole clip)"),
+        (v.image_size != size, f"model.video.image_size={v.image_size} but data.global_video.size={size}"),
+        (v.in_chans != data.global_video_shape[0],
+         f"model.video.in_chans={v.in_chans} but the video views have {data.global_video_shape[0]} channels (RGB)"),
+        (a.mel_bins != bins, f"model.audio.mel_bins={a.mel_bins} but data.mel.mel_bins={bins}"),
+        (a.num_frames != mel_frames, f"model.audio.num_frames={a.num_frames} but data.clip_seconds="
+         f"{data.clip_seconds:g} s with {mel} = {mel_frames} mel frames"),
+        (data.global_audio.seconds != data.clip_seconds, f"data.global_audio.seconds={data.global_audio.seconds:g} "
+         f"but data.clip_seconds={data.clip_seconds:g} (the global view is the whole clip)"),
+        (a.in_chans != channels, f"model.audio.in_chans={a.in_chans} but the audio views have {channels} channel"),
+        (local_frames % v.tubelet_size, f"data.local_video.frames={local_frames} is not a whole number of "
+         f"model.video.tubelet_size={v.tubelet_size} frames"),
+        (local_frames > clip_frames, f"data.local_video.frames={local_frames} but the clip has {clip_frames} frames"),
+        (local_size % v.patch_size, f"data.local_video.size={local_size} is not a whole number of "
+         f"model.video.patch_size={v.patch_size} pixels"),
+        (data.eval_size % v.patch_size, f"data.eval_size={data.eval_size} is not a whole number of "
+         f"model.video.patch_size={v.patch_size} pixels"),
+        (local_mel_frames % a.patch_time, f"data.local_audio.seconds={data.local_audio.seconds:g} s with {mel} = "
+         f"{local_mel_frames} mel frames, not a whole number of model.audio.patch_time={a.patch_time}"),
+        (data.local_audio.seconds > data.clip_seconds, f"data.local_audio.seconds={data.local_audio.seconds:g} "
+         f"but data.clip_seconds={data.clip_seconds:g}"),
+    ]
+    found = [message for failed, message in problems if failed]
+    if found:
+        raise ConfigError("the model's input geometry contradicts the data section: " + "; ".join(found))

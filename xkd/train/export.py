@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from xkd.config import ExperimentConfig, from_dict, to_dict
+from xkd.config import to_dict
 from xkd.train.checkpoint import find_checkpoint, read_marker
+from xkd.train.state import TrainingState
 
 BACKBONES = [(modality, role) for role in ("student", "teacher") for modality in ("video", "audio")]
 
@@ -62,12 +63,11 @@ def load_run_model(run_dir: str | Path, which: str = "auto"):
     if not found:
         raise ExportError(f"{folder}: none of {names} is there; is the checkpoint complete?")
     states = torch.load(found[0], map_location="cpu", weights_only=False)
-    cfg = from_dict(ExperimentConfig, states["config"])
+    cfg = TrainingState.saved_config(states)
     model = build_xkd(cfg)
     model.students.load_state_dict(_with_tied_names(_student_state(folder, marker["zero_stage"], states),
                                                     model.students))
-    model.teachers.load_state_dict(states["teachers"])
-    model.criterion.load_state_dict(states["criterion"])
+    TrainingState(cfg, model).load_state_dict(states)  # teachers and KD centres
     return model, cfg, folder
 
 

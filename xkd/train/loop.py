@@ -10,10 +10,10 @@ the teacher temperatures per-epoch ones (docs/method.md §Schedules).
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from xkd.train.checkpoint import CheckpointManager, complete_tags, find_checkpoi
 from xkd.train.data import training_batches
 from xkd.train.distributed import Process, all_max, all_mean
 from xkd.train.ds_config import deepspeed_config, precision, zero_stage
-from xkd.train.metrics import MetricsLog, memory_mib
+from xkd.train.metrics import MetricsLog, MetricsWindow, memory_mib
+from xkd.train.state import TrainingState
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -111,11 +112,16 @@ class Trainer:
         clipped = {id(p) for p in self.backbone_and_head_params}
         self.clip_flags = [id(p) in clipped for p in self.student_params]
         self.gradient_layout: str | None = None
+        self.micro_batches_pending = 0  # backward passes since the last optimiser step (accumulation)
 
-        self.step, self.nonfinite_total, self.nonfinite_in_a_row = 0, 0, 0
-        self.checkpoints = CheckpointManager(self.run_dir, train.keep_checkpoints, process.rank, self.device)
+        self.state = TrainingState(cfg, self.model, self.data, process.world_size)
         self.log = MetricsLog(self.run_dir, process.is_main)
         self.skipped_samples: list[str] = []  # named by the batches that left them out
+        self.window = MetricsWindow()
+        self.checkpoints = CheckpointManager(
+            self.run_dir, self.engine, self.state, self.log, every=train.checkpoint_every_steps,
+            last_step=self.last_step, keep=train.keep_checkpoints, rank=process.rank, device=self.device,
+            engine_facts={"zero_stage": zero_stage(self.ds_config), "precision": self.precision})
         self.stop_signal: str | None = None
 
     # ---------------------------------------------------------------------------------- setup
@@ -158,58 +164,39 @@ class Trainer:
                 json.dumps(self.ds_config, indent=2))
 
     def _resume(self) -> None:
-        client, rank_state = self.checkpoints.load(self.engine, self.resume_from)
-        self.model.teachers.load_state_dict(client["teachers"])
-        self.model.criterion.load_state_dict(client["criterion"])
-        self.step = client["step"]
-        self.nonfinite_total = client.get("nonfinite_total", 0)
-        data_state = rank_state.get("data", client["data"])
-        saved = client.get("config", {})
+        saved = self.checkpoints.load(self.resume_from)
+        config = saved.get("config", {})
         changed = [d for section in ("train", "loss", "data")
-                   for d in _config_differences(saved.get(section, {}), to_dict(getattr(self.cfg, section)), section)]
+                   for d in _config_differences(config.get(section, {}), to_dict(getattr(self.cfg, section)), section)]
         if changed:
             self._say("note: the config differs from the checkpoint's (schedules follow the new values): "
                       + "; ".join(changed))
-        self.data.load_state_dict(data_state)
-        if client.get("world_size") != self.process.world_size:
-            self._say(f"note: the checkpoint was written by {client.get('world_size')} processes, this run has "
+        if saved.get("world_size") != self.process.world_size:
+            self._say(f"note: the checkpoint was written by {saved.get('world_size')} processes, this run has "
                       f"{self.process.world_size}: the data order differs from an uninterrupted run")
-        self.log.event(self.step, "resumed", checkpoint=str(self.resume_from), epoch=data_state["epoch"],
-                       batch=data_state["batch"])
-        self._say(f"resumed from {self.resume_from} (step {self.step}, epoch {data_state['epoch']}, "
-                  f"batch {data_state['batch']})")
+        position, step = saved["data"], self.state.step
+        self.log.event(step, "resumed", checkpoint=str(self.resume_from), epoch=position["epoch"],
+                       batch=position["batch"])
+        self._say(f"resumed from {self.resume_from} (step {step}, epoch {position['epoch']}, "
+                  f"batch {position['batch']})")
 
     def _say(self, message: str) -> None:
         if self.process.is_main and not self.quiet:
             print(f"[xkd pretrain] {message}", flush=True)
 
-    # ----------------------------------------------------------------------------- checkpoints
-
-    def save_checkpoint(self) -> Path:
-        client_state = {
-            "teachers": {k: v.detach().cpu() for k, v in self.model.teachers.state_dict().items()},
-            "criterion": {k: v.detach().cpu() for k, v in self.model.criterion.state_dict().items()},
-            "step": self.step,
-            "data": self.data.state_dict(),
-            "nonfinite_total": self.nonfinite_total,
-            "world_size": self.process.world_size,
-            "config": to_dict(self.cfg),
-        }
-        marker = {"variant": self.cfg.model.variant, "model": to_dict(self.cfg.model), "epoch": self.data.epoch,
-                  "world_size": self.process.world_size, "zero_stage": zero_stage(self.ds_config),
-                  "precision": self.precision}
-        # this rank's data position rides with its RNG state (ranks skip different bad samples)
-        folder = self.checkpoints.save(self.engine, self.step, client_state, marker,
-                                       rank_state={"data": self.data.state_dict()})
-        self.log.event(self.step, "checkpoint", path=str(folder))
-        return folder
-
     # ------------------------------------------------------------------------------- one step
 
+    def _on_device(self, batch: TrainingBatch) -> TrainingBatch:
+        """The one place the loop reads a batch: its left-out samples are logged and counted, and its
+        views come to the device as the loader made them (float32, see training_batches)."""
+        for member in batch.skipped:
+            self.skipped_samples.append(member)
+            self.log.event(self.state.step, "sample_left_out", reason=member)
+        return batch.to(self.device)
+
     def _forward(self, batch: TrainingBatch, epoch: int) -> dict:
-        """The views stay as the loader made them (float32, see training_batches): the MAE targets and
-        the teachers read them unrounded, and autocast runs the students' matrix products in the
-        training precision, as the authors do."""
+        """The MAE targets and the teachers read the float32 views unrounded, and autocast runs the
+        students' matrix products in the training precision, as the authors do."""
         autocast = (torch.autocast(self.device.type, dtype=DTYPES[self.precision])
                     if self.precision != "fp32" else nullcontext())
         with autocast:
@@ -233,7 +220,7 @@ class Trainer:
                                loss_scale(self.engine))
         if self.gradient_layout is None:
             self.gradient_layout = check.layout
-            self.log.event(self.step, "gradients", layout=check.layout, parameters=len(self.student_params))
+            self.log.event(self.state.step, "gradients", layout=check.layout, parameters=len(self.student_params))
         # fp16: DeepSpeed finds the overflow itself and lowers the loss scale (was_step_applied is False)
         skip = not check.finite and self.precision != "fp16"
         with optimizer_step_skipped(self.base_optimizer) if skip else nullcontext():
@@ -258,108 +245,118 @@ class Trainer:
         if self.resume_from is not None:
             self._resume()
         else:
-            self.log.event(self.step, "started", world_size=self.process.world_size, precision=self.precision,
+            self.log.event(self.state.step, "started", world_size=self.process.world_size, precision=self.precision,
                            zero_stage=zero_stage(self.ds_config), total_batch=self.total_batch,
                            iters_per_epoch=self.iters_per_epoch, last_step=self.last_step)
         for problem in self.left_out_shards:
-            self.log.event(self.step, "shard_left_out", reason=problem)
+            self.log.event(self.state.step, "shard_left_out", reason=problem)
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         self._say(f"{self.cfg.name} ({self.cfg.model.variant}), {self.process.world_size} process(es) on "
                   f"{self.device.type}, ZeRO-{zero_stage(self.ds_config)} {self.precision}, total batch "
-                  f"{self.total_batch}, {self.iters_per_epoch} steps/epoch, steps {self.step} -> {self.last_step}")
-        bar = tqdm(total=self.last_step, initial=self.step, unit="step", dynamic_ncols=True,
+                  f"{self.total_batch}, {self.iters_per_epoch} steps/epoch, steps {self.state.step} -> {self.last_step}")
+        bar = tqdm(total=self.last_step, initial=self.state.step, unit="step", dynamic_ncols=True,
                    disable=not self.process.is_main or self.quiet)
-        window = _Window()
+        self.window = MetricsWindow()
         outcome = "finished"
         try:
-            outcome = self._train(bar, window)
+            outcome = self._train(bar)
         finally:
             bar.close()
             signal.signal(signal.SIGTERM, previous)
             self.log.close()
-        return {"outcome": outcome, "step": self.step, "epoch": self.data.epoch,
-                "nonfinite_total": self.nonfinite_total, "skipped_samples": list(self.skipped_samples),
+        return {"outcome": outcome, "step": self.state.step, "epoch": self.data.epoch,
+                "nonfinite_total": self.state.nonfinite_total, "skipped_samples": list(self.skipped_samples),
                 "left_out_shards": list(self.left_out_shards)}
 
-    def _train(self, bar, window: "_Window") -> str:
-        train = self.cfg.train
-        last_saved = self.step if self.resume_from is not None else None
-        micro_batches_pending = 0  # backward passes since the last optimiser step (accumulation)
-        while self.step < self.last_step and self.data.epoch < train.epochs:
+    def _train(self, bar) -> str:
+        """Get a batch, step, after-step (count, log, save), until the last step, the last epoch or a stop."""
+        while self.state.step < self.last_step and self.data.epoch < self.cfg.train.epochs:
             epoch = self.data.epoch
-            waited_since = time.perf_counter()
-            for batch in self.data:
-                window.data_wait += time.perf_counter() - waited_since
-                for member in batch.skipped:
-                    self.skipped_samples.append(member)
-                    self.log.event(self.step, "sample_left_out", reason=member)
-                losses = self._forward(batch.to(self.device), epoch)
-                # one device synchronisation per batch: every rank learns whether any rank saw a
-                # non-finite loss or a stop signal (so all skip or stop together), and the loss terms
-                # come to the host in the same transfer
-                stop_flag = torch.tensor(float(bool(self.stop_signal)), device=self.device)
-                flags_and_terms = torch.stack([(~torch.isfinite(losses["loss"])).float(), stop_flag,
-                                               *(v.detach().float() for v in losses.values())])
-                all_max(flags_and_terms[:2])
-                nonfinite, stop, *terms = flags_and_terms.tolist()
-                if nonfinite:
-                    bad = sorted(k for k, v in losses.items() if not torch.isfinite(v).all())
-                    self._skip_nonfinite("nonfinite_loss_skipped", epoch, bad or ["on another rank"])
-                else:
-                    self.engine.backward(losses["loss"])
-                    self.model.criterion.keep_staged_batch()
-                    boundary = self.engine.is_gradient_accumulation_boundary()
-                    values = self.schedules.at(self.step)
-                    applied = True
-                    if boundary:
-                        applied = self._optimiser_step(values)
-                        micro_batches_pending = 0
-                    else:
-                        self.engine.step()  # DeepSpeed counts micro-steps here
-                        micro_batches_pending += 1
-                    window.add(dict(zip(losses, terms)), len(batch) * self.process.world_size)
-                    if not applied:
-                        self._skip_nonfinite("nonfinite_gradient_skipped", epoch, ["gradient"])
-                    elif boundary:
-                        self.nonfinite_in_a_row = 0
-                        self.step += 1
-                        bar.update(1)
-                        if self.step % train.log_every_steps == 0 or self.step == self.last_step:
-                            self._log(window, values, epoch, bar)
-                            window = _Window()
-                        if self.step % train.checkpoint_every_steps == 0 or self.step == self.last_step:
-                            saving_since = time.perf_counter()
-                            self.save_checkpoint()
-                            window.pause(time.perf_counter() - saving_since)  # not training time
-                            last_saved = self.step
-                if stop and micro_batches_pending == 0:  # mid-accumulation: stop at the step's end
-                    if last_saved != self.step:
-                        self.save_checkpoint()
-                    self.log.event(self.step, "stopped", signal=self.stop_signal or "SIGTERM (another rank)")
-                    self._say(f"stopped by {self.stop_signal or 'a signal to another process'} at step "
-                              f"{self.step}; checkpoint saved; continue with --resume auto")
+            for batch in self._timed(self.data):
+                if self._after_step(self._step(batch, epoch), epoch, bar):
                     return "stopped"
-                if self.step >= self.last_step:
+                if self.state.step >= self.last_step:
                     break
-                waited_since = time.perf_counter()
-        if last_saved != self.step:
-            self.save_checkpoint()
+        self.checkpoints.save_unless_saved()
         return "finished"
 
+    def _timed(self, batches):
+        """The batches, the time spent waiting for each added to the metrics window."""
+        waited_since = time.perf_counter()
+        for batch in batches:
+            self.window.data_wait += time.perf_counter() - waited_since
+            yield batch
+            waited_since = time.perf_counter()
+
+    def _step(self, batch: TrainingBatch, epoch: int) -> StepResult:
+        """Forward; one all-reduce that tells every rank whether any rank saw a non-finite loss or a stop
+        signal (so all skip or stop together), with the loss terms in the same transfer to the host;
+        then backward and, at an accumulation boundary, the optimiser step."""
+        batch = self._on_device(batch)
+        losses = self._forward(batch, epoch)
+        stop_flag = torch.tensor(float(bool(self.stop_signal)), device=self.device)
+        flags_and_terms = torch.stack([(~torch.isfinite(losses["loss"])).float(), stop_flag,
+                                       *(v.detach().float() for v in losses.values())])
+        all_max(flags_and_terms[:2])
+        nonfinite, stop, *terms = flags_and_terms.tolist()
+        if nonfinite:
+            bad = sorted(k for k, v in losses.items() if not torch.isfinite(v).all())
+            return StepResult(bool(stop), skipped="nonfinite_loss_skipped", bad=bad or ["on another rank"])
+        self.engine.backward(losses["loss"])
+        self.model.criterion.keep_staged_batch()  # the KD centres move only once the step is applied
+        result = StepResult(bool(stop), terms=dict(zip(losses, terms)),
+                            clips=len(batch) * self.process.world_size)
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()  # DeepSpeed counts micro-steps here
+            self.micro_batches_pending += 1
+            return result
+        self.micro_batches_pending = 0
+        result.values = self.schedules.at(self.state.step)
+        if self._optimiser_step(result.values):
+            result.applied = True
+        else:
+            result.skipped, result.bad = "nonfinite_gradient_skipped", ["gradient"]
+        return result
+
+    def _after_step(self, result: StepResult, epoch: int, bar) -> bool:
+        """Counters, logging and checkpoints after a batch; True when the run stops here (a stop
+        signal on some rank, at an optimiser step's end: never mid-accumulation)."""
+        if result.terms is not None:
+            self.window.add(result.terms, result.clips)
+        if result.skipped:
+            self._skip_nonfinite(result.skipped, epoch, result.bad)
+        elif result.applied:
+            self.state.nonfinite_in_a_row = 0
+            self.state.step += 1
+            bar.update(1)
+            if self.state.step % self.cfg.train.log_every_steps == 0 or self.state.step == self.last_step:
+                self._log(result.values, epoch, bar)
+                self.window = MetricsWindow()
+            self.window.pause(self.checkpoints.save_if_due())  # saving is not training time
+        if not result.stop or self.micro_batches_pending:
+            return False
+        self.checkpoints.save_unless_saved()
+        self.log.event(self.state.step, "stopped", signal=self.stop_signal or "SIGTERM (another rank)")
+        self._say(f"stopped by {self.stop_signal or 'a signal to another process'} at step "
+                  f"{self.state.step}; checkpoint saved; continue with --resume auto")
+        return True
+
     def _skip_nonfinite(self, event: str, epoch: int, bad: list[str]) -> None:
-        self.nonfinite_total += 1
-        self.nonfinite_in_a_row += 1
-        self.log.event(self.step, event, epoch=epoch, terms=bad, in_a_row=self.nonfinite_in_a_row)
+        state = self.state
+        state.nonfinite_total += 1
+        state.nonfinite_in_a_row += 1
+        self.log.event(state.step, event, epoch=epoch, terms=bad, in_a_row=state.nonfinite_in_a_row)
         limit = self.cfg.train.max_nonfinite_in_a_row
-        if self.nonfinite_in_a_row >= limit:
+        if state.nonfinite_in_a_row >= limit:
             newest = complete_tags(self.run_dir)
             raise NonFiniteLossError(
-                f"{limit} batches in a row gave a non-finite loss or gradient (at step {self.step}, epoch {epoch}; "
+                f"{limit} batches in a row gave a non-finite loss or gradient (at step {state.step}, epoch {epoch}; "
                 f"{', '.join(bad)}): stopping. Lower train.base_lr, use bf16 instead of "
                 f"fp16, or check the data; the newest complete checkpoint is "
                 f"{newest[-1] if newest else 'none'} in {self.run_dir / 'checkpoints'}")
 
-    def _log(self, window: "_Window", values: dict, epoch: int, bar) -> None:
+    def _log(self, values: dict, epoch: int, bar) -> None:
+        window = self.window
         losses = window.mean_losses()
         names = sorted(losses)
         averaged = all_mean(torch.tensor([losses[n] for n in names], dtype=torch.float64, device=self.device))
@@ -373,36 +370,22 @@ class Trainer:
             "clips_per_s": window.clips / elapsed,
             "clips_per_s_per_process": window.clips / elapsed / self.process.world_size,
             "data_wait_fraction": window.data_wait / elapsed,
-            "nonfinite_skipped_total": self.nonfinite_total,
+            "nonfinite_skipped_total": self.state.nonfinite_total,
             "skipped_samples_total": len(self.skipped_samples),
             **memory_mib(self.device),
         }
-        self.log.write(self.step, record)
+        self.log.write(self.state.step, record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{record['clips_per_s']:.1f}", refresh=False)
 
 
-class _Window:
-    """Loss terms and throughput since the last log line."""
+@dataclass
+class StepResult:
+    """What one batch did, for the after-step."""
 
-    def __init__(self):
-        self.started = time.perf_counter()
-        self.paused = 0.0  # checkpoint saving inside the window
-        self.data_wait = 0.0
-        self.clips = 0
-        self.sums: dict[str, float] = {}
-        self.count = 0
-
-    def add(self, losses: dict[str, float], clips: int) -> None:
-        for name, value in losses.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.count += 1
-        self.clips += clips
-
-    def pause(self, seconds: float) -> None:
-        self.paused += seconds
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started - self.paused
-
-    def mean_losses(self) -> dict[str, float]:
-        return {k: v / max(self.count, 1) for k, v in self.sums.items()} or {"loss": math.nan}
+    stop: bool  # some rank has a stop signal
+    skipped: str = ""  # the event of a skipped batch or step (non-finite): then nothing changed
+    bad: list[str] = field(default_factory=list)  # what was not finite
+    applied: bool = False  # an optimiser step was applied
+    values: dict | None = None  # the schedules' values at an optimiser step
+    terms: dict[str, float] | None = None  # the loss terms, once backward has run
+    clips: int = 0  # clips of the batch on all ranks

@@ -3,6 +3,7 @@ RUN_DIR/tensorboard, written by rank 0 only."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,33 @@ def memory_mib(device: torch.device) -> dict[str, float]:
         out["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
     return out
+
+
+class MetricsWindow:
+    """Loss terms and throughput since the last log line."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.paused = 0.0  # checkpoint saving inside the window
+        self.data_wait = 0.0
+        self.clips = 0
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, losses: dict[str, float], clips: int) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+        self.clips += clips
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started - self.paused
+
+    def mean_losses(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()} or {"loss": math.nan}
 
 
 class MetricsLog:
