@@ -8,10 +8,11 @@ before the interruption are read and passed over, which gives exactly the batche
 run would have seen."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 
-class EpochStream:
+class EpochStream(ABC):
     """`iter()` yields the next epoch's batches: `len(self)` of them (equal on every rank), or, when the
     loader gives no count (None), as many as its epoch holds. `state_dict()` / `load_state_dict()` say
     and restore where the stream stands: the epoch and the next batch to train on.
@@ -29,8 +30,9 @@ class EpochStream:
     def __len__(self) -> int:
         return self.batches_per_epoch
 
+    @abstractmethod
     def _epoch(self, epoch: int, total: int | None) -> Iterator:
-        raise NotImplementedError
+        """The epoch's loader outputs in order (see the class docstring)."""
 
     def _to_batch(self, output):
         return output
