@@ -33,5 +33,5 @@ setup(
     package_data={"xkd": ["configs/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
-    entry_points={"console_scripts": ["xkd=xkd.cli:main"]},
+    entry_points={"console_scripts": ["xkd=xkd.commands:main"]},
 )

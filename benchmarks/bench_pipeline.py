@@ -40,7 +40,7 @@ from report import report  # noqa: E402
 
 def make_shards(folder: Path, clips: int) -> Path:
     from shards.synthetic import write_clip
-    from xkd.cli import main
+    from xkd.commands import main
 
     videos = folder / "videos"
     videos.mkdir(parents=True)

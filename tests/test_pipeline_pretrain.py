@@ -19,7 +19,7 @@ FLASH_AT = 3.0  # the flash clip: a white frame and a click at 3.0 s of 5.0 s
 
 @pytest.fixture(scope="session")
 def vp9_shards(tmp_path_factory):
-    from xkd.cli import main
+    from xkd.commands import main
 
     videos = tmp_path_factory.mktemp("pipeline_videos")
     write_clip(videos / "flash.mp4", seconds=5.0, fps=25, flash_at=FLASH_AT, width=192, height=144)
