@@ -17,7 +17,7 @@ import torch
 from shards.synthetic import write_clip
 
 BIN = Path(sys.executable).parent
-CONFIGS = Path(__file__).resolve().parents[1] / "deepspeed_configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "xkd" / "deepspeed_configs"
 TINY = ["--set", "data.batch_size=2", "--set", "data.num_threads=1", "--set", "train.base_lr=0.05"]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
