@@ -9,20 +9,25 @@ import os
 import sys
 import tempfile
 
+from xkd.commands.checks import positive_int, unwritable_folder
 from xkd.demo import make_sample_set
 
 
 def register(subparsers) -> None:
     demo = subparsers.add_parser("demo", help="run the pipeline end to end on a small built-in sample set")
     demo.add_argument("--out", default=None, help="working folder (default: a temporary one)")
-    demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--steps", type=int, default=4, help="pretraining steps (default: 4)")
+    demo.add_argument("--workers", type=positive_int, default=2, help="shard-making processes (default: 2)")
+    demo.add_argument("--steps", type=positive_int, default=4, help="pretraining steps (default: 4)")
     demo.set_defaults(func=run_demo)
 
 
 def run_demo(args) -> int:
     from xkd.commands import main
 
+    problem = args.out and unwritable_folder(args.out)
+    if problem:
+        print(f"xkd demo: --out {problem}", file=sys.stderr)
+        return 2
     folder = args.out or tempfile.mkdtemp(prefix="xkd-demo-")
     print(f"[demo] making the built-in sample set in {folder}")
     videos = make_sample_set(folder)

@@ -31,11 +31,18 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dali_pipelines.shardset import PRETRAINING, ShardSet, ShardSetError
     from shards.folder_lock import FolderLock
+    from xkd.commands.checks import unwritable_folder
     from xkd.config import ConfigError, load_config
     from xkd.train.distributed import launched_rank
+    from xkd.train.ds_config import resolve_config_path
 
     try:
         cfg = load_config(args.config, args.set)
+        if args.deepspeed_config:
+            resolve_config_path(args.deepspeed_config)  # a missing file is refused before DeepSpeed starts
+        problem = unwritable_folder(args.out)
+        if problem:
+            raise ConfigError(f"--out {problem}")
         # the shard preflight runs before DeepSpeed starts; every rank checks the same files and comes
         # to the same verdict, so no rank waits for another that was refused
         shards = ShardSet.from_path(args.shards, needs=PRETRAINING, skip_bad=cfg.train.skip_bad_samples)
