@@ -53,7 +53,7 @@ MEMORY_WARMUP_REBUILDS = 10  # the heap and DALI's buffers reach their working s
 
 def make_shards(folder: Path, clips: int, samples_per_shard: int = 16) -> Path:
     from shards.synthetic import write_clip
-    from xkd.cli import main
+    from xkd.commands import main
 
     videos = folder / "videos"
     videos.mkdir(parents=True)

@@ -13,7 +13,7 @@ one epoch (every epoch builds a new DALI pipeline).
 
     python benchmarks/bench_train.py                  # tiny preset, CPU: batch 4, 5 + 30 steps
     python benchmarks/bench_train.py --config xkd_base --batch-size 32 \\
-        --deepspeed-config deepspeed_configs/zero2.json --out benchmarks/results/train_h100.json
+        --deepspeed-config zero2.json --out benchmarks/results/train_h100.json
 
 Goal: end to end >= 90% of model-only on an H100 with ViT-B (xkd_base). The last line printed is
 one JSON object; `--out` (default on CUDA: benchmarks/results/) also writes it to a file.

@@ -63,7 +63,7 @@ for stage in "${stages[@]}"; do
       run_stage model_b128 "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 128 \
         --out "benchmarks/results/bench_model_base_b128_$gpu_file.json" ;;
     train) run_stage train "$python" benchmarks/bench_train.py --config xkd_base \
-      --deepspeed-config deepspeed_configs/zero2.json ;;
+      --deepspeed-config zero2.json ;;
     *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, decode, stages, model, train, all)" >&2; exit 2 ;;
   esac
 done

@@ -13,6 +13,7 @@ AUDIO_RATE = 16000  # Hz, mono: what XKD's audio branch reads
 # codec, from the decoder capabilities of NVIDIA's Video Codec SDK. DALI decodes VP9 on the CPU as
 # well, H.264 and HEVC on the GPU only.
 NVDEC_MIN_SIDE = {"vp9": 128, "hevc": 144, "h264": 48}
+CRF_RANGE = {"vp9": (0, 63), "h264": (0, 51), "hevc": (0, 51)}  # libvpx-vp9, libx264, libx265 at 8 bits
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class ShardOptions:
             rate = parse_fps(self.fps)
             if not 0 < rate <= 240:
                 raise ValueError(f"--fps {self.fps}: must be in (0, 240] or 'keep'")
+        low, high = CRF_RANGE.get(self.codec, (None, None))
+        if self.crf is not None and low is not None and not low <= self.crf <= high:
+            raise ValueError(f"--crf {self.crf}: {self.codec} takes {low} (best) to {high}")
         if self.short_side < 16 or self.short_side % 2:
             raise ValueError(f"--short-side {self.short_side}: must be an even number >= 16")
         if self.samples_per_shard < 1:

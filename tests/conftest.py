@@ -79,7 +79,7 @@ def _faststart(path: Path) -> bytes:
 
 @pytest.fixture
 def run_cli():
-    from xkd.cli import main
+    from xkd.commands import main
 
     def run(*args) -> int:
         return main([str(a) for a in args])

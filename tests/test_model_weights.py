@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xkd import import_weights_command
+from xkd.commands import import_weights as import_weights_command
 from xkd.backbone_io import backbone_paths, load_backbone, save_backbone
 from xkd.config import load_config
 from xkd.models import build_encoder

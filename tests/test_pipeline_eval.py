@@ -49,7 +49,7 @@ def write_counter_video(path, frames: int, width=192, height=128):
 
 @pytest.fixture(scope="session")
 def eval_shards(tmp_path_factory):
-    from xkd.cli import main
+    from xkd.commands import main
 
     videos = tmp_path_factory.mktemp("eval_videos")
     for name, frames in (("a/long", 60), ("a/mid", 44), ("b/short", 20)):  # 7.5 s, 5.5 s, 2.5 s
@@ -138,7 +138,7 @@ def test_video_only_modality_skips_audio(eval_shards):
 
 
 def test_audio_only_shards(tmp_path):
-    from xkd.cli import main
+    from xkd.commands import main
 
     source = tmp_path / "sounds" / "bird"
     source.mkdir(parents=True)

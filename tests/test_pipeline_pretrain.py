@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def vp9_shards(tmp_path_factory):
-    from xkd.cli import main
+    from xkd.commands import main
 
     videos = tmp_path_factory.mktemp("pipeline_videos")
     write_clip(videos / "flash.mp4", seconds=5.0, fps=25, flash_at=FLASH_AT, width=192, height=144)

@@ -38,7 +38,7 @@ def videos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def made(videos, tmp_path_factory) -> Path:
     """3 shards of 2 samples."""
-    from xkd.cli import main
+    from xkd.commands import main
 
     out = tmp_path_factory.mktemp("refusals") / "shards"
     assert main(["shards", "create", str(videos), str(out), "--quiet", "--workers", "2",
@@ -119,7 +119,7 @@ def test_with_skip_bad_a_broken_shard_is_left_out_with_a_warning(shards):
 def audio_only(tmp_path_factory) -> Path:
     import soundfile
 
-    from xkd.cli import main
+    from xkd.commands import main
 
     root = tmp_path_factory.mktemp("audio_only")
     (root / "sounds").mkdir()

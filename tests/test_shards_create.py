@@ -44,7 +44,7 @@ def keys_of(out: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def shard_dir(labelled_videos, tmp_path_factory):
-    from xkd.cli import main
+    from xkd.commands import main
 
     out = tmp_path_factory.mktemp("shards")
     assert main(["shards", "create", str(labelled_videos), str(out), "--quiet", "--workers", "2",

@@ -17,7 +17,7 @@ import torch
 from shards.synthetic import write_clip
 
 BIN = Path(sys.executable).parent
-CONFIGS = Path(__file__).resolve().parents[1] / "deepspeed_configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "xkd" / "deepspeed_configs"
 TINY = ["--set", "data.batch_size=2", "--set", "data.num_threads=1", "--set", "train.base_lr=0.05"]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -25,7 +25,7 @@ ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "TQDM_DISABLE": "1", "OMP_NUM_THRE
 @pytest.fixture(scope="module")
 def train_shards(tmp_path_factory) -> Path:
     """16 clips of 4.5 s at 8 fps (each a full 4 s XKD clip), 4 per shard."""
-    from xkd.cli import main
+    from xkd.commands import main
 
     root = tmp_path_factory.mktemp("train")
     videos = root / "videos"

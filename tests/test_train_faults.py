@@ -107,7 +107,7 @@ def test_a_nonfinite_batch_or_gradient_changes_nothing_on_any_rank(tmp_path, ds,
     run = tmp_path / "run"
     done = subprocess.run(
         [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script),
-         str(ROOT / "deepspeed_configs" / ds), str(run), str(tmp_path)],
+         str(ROOT / "xkd" / "deepspeed_configs" / ds), str(run), str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

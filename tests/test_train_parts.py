@@ -108,7 +108,7 @@ def test_a_skipped_optimizer_step_changes_neither_weights_nor_state():
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory):
     from shards.synthetic import write_clip
-    from xkd.cli import main
+    from xkd.commands import main
 
     root = tmp_path_factory.mktemp("resume")
     (root / "videos").mkdir()

@@ -65,7 +65,7 @@ def bf16_step() -> dict:
     # a world of one with its own port: not the rendezvous an in-process test may have left in os.environ
     inherited = {k: v for k, v in os.environ.items()
                  if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    done = subprocess.run([sys.executable, "-c", STEP, str(ROOT / "deepspeed_configs" / "zero0.json")], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", STEP, str(ROOT / "xkd" / "deepspeed_configs" / "zero0.json")], cwd=ROOT,
                           env={**inherited, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -89,7 +89,7 @@ def test_the_training_loaders_give_float32_views_whatever_the_precision(tmp_path
     rounds nothing the MAE targets or the teachers read."""
     from dali_pipelines.shardset import ShardSet
     from shards.synthetic import write_clip
-    from xkd.cli import main
+    from xkd.commands import main
     from xkd.config import load_config
     from xkd.train.data import training_batches
 

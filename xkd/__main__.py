@@ -1,5 +1,5 @@
 import sys
 
-from xkd.cli import main
+from xkd.commands import main
 
 sys.exit(main())

@@ -8,6 +8,7 @@ validation. Later issues add sections (`data`, `train`) by adding fields to `Exp
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -260,13 +261,28 @@ def _deep_merge(base: dict, update: dict) -> dict:
 
 
 def _resolve_path(name_or_path: str | Path) -> Path:
+    """A YAML file, else a preset's name; a path with a folder in it is never taken for a preset."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    candidate = CONFIG_DIR / f"{Path(name_or_path).stem}.yaml"
+    if "/" in str(name_or_path) or os.sep in str(name_or_path):
+        what = "not a .yaml file" if path.exists() else "no such config file"
+        raise ConfigError(f"{name_or_path}: {what} (presets are named without a folder: "
+                          f"{', '.join(available_presets())})")
+    candidate = CONFIG_DIR / f"{path.stem}.yaml"
     if candidate.exists():
         return candidate
     raise ConfigError(f"no config file {name_or_path!r}; presets: {', '.join(available_presets())}")
+
+
+def _parse_yaml(text: str, where: str):
+    """YAML text, or a ConfigError naming `where`, the line and the problem."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
 
 
 def available_presets() -> list[str]:
@@ -277,7 +293,7 @@ def _read_yaml_tree(name_or_path: str | Path, seen: tuple = ()) -> dict:
     path = _resolve_path(name_or_path)
     if path in seen:
         raise ConfigError(f"inheritance cycle through {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _parse_yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     parent = data.pop(INHERIT_KEY, None)
@@ -297,7 +313,7 @@ def apply_override(data: dict, override: str) -> dict:
     keys = dotted.strip().split(".")
     if not all(keys):
         raise ConfigError(f"override {override!r}: empty key")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = _parse_yaml(raw, f"override {override!r}") if raw.strip() else None
     if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
         value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     nested: Any = value

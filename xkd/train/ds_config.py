@@ -1,4 +1,7 @@
-"""DeepSpeed JSON configs (`deepspeed_configs/`) completed from the experiment config.
+"""DeepSpeed JSON configs completed from the experiment config.
+
+The shipped configs live in `xkd/deepspeed_configs/` (package data, so an installed copy has them);
+`--deepspeed-config` takes one of their names (`zero2.json` or `zero2`) or the path of any JSON file.
 
 The JSON files hold only what is DeepSpeed's own business (ZeRO stage, precision, buckets). Batch
 size, accumulation and clipping come from the experiment config: a file may leave them out or
@@ -8,11 +11,12 @@ section is refused too: `xkd pretrain` builds AdamW and sets LR / weight decay e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from xkd.config import ConfigError, ExperimentConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "deepspeed_configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "deepspeed_configs"  # shipped with the package
 FILLED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
           "gradient_clipping")
 NOT_USED = ("optimizer", "scheduler")
@@ -23,14 +27,27 @@ def default_config_path(on_gpu: bool) -> Path:
     return CONFIG_DIR / ("zero2.json" if on_gpu else "zero0_fp32.json")
 
 
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """The file `--deepspeed-config` names: a path to a JSON file, else a shipped config's name
+    (`zero2.json` or `zero2`; a name with a folder in it is a path only)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if "/" not in text and os.sep not in text:
+        shipped = CONFIG_DIR / (text if text.endswith(".json") else f"{text}.json")
+        if shipped.is_file():
+            return shipped
+    names = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.json"))) or "none"
+    raise ConfigError(f"{name_or_path}: no such DeepSpeed config file, and no shipped config of that name "
+                      f"(shipped: {names})")
+
+
 def read_json(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.json"))) if CONFIG_DIR.is_dir() else "none"
-        raise ConfigError(f"{path}: no such DeepSpeed config (shipped in {CONFIG_DIR}: {shipped})")
+    path = resolve_config_path(path)
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # JSONDecodeError, or bytes that are not text
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be an object")

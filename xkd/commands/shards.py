@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from xkd.commands.checks import positive_int, unwritable_folder
+
 
 def register(subparsers) -> None:
     shards = subparsers.add_parser("shards", help="turn raw videos into WebDataset shards that DALI reads")
@@ -23,7 +25,9 @@ def register(subparsers) -> None:
     media.add_argument("--short-side", type=int, default=128, help="resize so the short side is this (256 for 224-px work)")
     media.add_argument("--codec", default="vp9", choices=("vp9", "h264", "hevc", "copy"),
                        help="vp9 decodes in DALI on CPU and GPU; h264/hevc on GPU only; copy keeps the source stream")
-    media.add_argument("--crf", type=int, default=None, help="encoder quality (default: vp9 32, h264 23, hevc 28)")
+    media.add_argument("--crf", type=int, default=None,
+                       help="encoder quality, 0 (best) to 63 for vp9, to 51 for h264/hevc (default: vp9 32, h264 23, "
+                            "hevc 28)")
     media.add_argument("--min-duration", type=float, default=1.1, help="reject videos shorter than this (seconds)")
     media.add_argument("--missing-audio", default="skip", choices=("skip", "silence"),
                        help="videos without (audible) audio: reject, or keep with a silent track")
@@ -38,7 +42,7 @@ def register(subparsers) -> None:
     layout.add_argument("--shard-size", default=None, help="also cap each tar's size, e.g. 500MB, 1GiB")
     layout.add_argument("--seed", type=int, default=0, help="seed of the cross-shard shuffle")
     layout.add_argument("--no-shuffle", action="store_true", help="keep the sorted input order")
-    layout.add_argument("--workers", type=int, default=os.cpu_count(), help="transcoding processes")
+    layout.add_argument("--workers", type=positive_int, default=os.cpu_count(), help="transcoding processes")
     layout.add_argument("--part", default=None, help="I/N: write the I-th of N disjoint shares (SLURM arrays)")
     labels = create.add_argument_group("labels and splits")
     labels.add_argument("--labels", default="auto", choices=("auto", "folder", "manifest", "none"),
@@ -54,7 +58,7 @@ def register(subparsers) -> None:
 
     verify = commands.add_parser("verify", help="decode every member of every shard; exit 1 on any problem")
     verify.add_argument("out_dir")
-    verify.add_argument("--workers", type=int, default=os.cpu_count())
+    verify.add_argument("--workers", type=positive_int, default=os.cpu_count())
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=run_verify)
 
@@ -88,6 +92,9 @@ def run_create(args) -> int:
         for warning in opts.decode_warnings():
             print(f"xkd shards create: warning: {warning}", file=sys.stderr)
         part = Part.parse(args.part)
+        problem = unwritable_folder(args.out_dir)
+        if problem:
+            raise ValueError(problem)
         extensions = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if args.audio_only else VIDEO_EXTENSIONS
         inputs = load_inputs(args.input, labels=args.labels, classes_file=args.classes,
                              split_lists=args.split_list, split=args.split, extensions=extensions)
@@ -116,6 +123,8 @@ def run_create(args) -> int:
 def run_verify(args) -> int:
     from shards.verify import verify
 
+    if _manifest(args.out_dir, "verify") is None:
+        return 2
     report = verify(args.out_dir, workers=args.workers)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -146,16 +155,24 @@ def run_index(args) -> int:
 
 
 def run_stats(args) -> int:
-    from shards.format import load_manifest
     from shards.verify import format_stats
 
-    try:
-        manifest = load_manifest(args.out_dir)
-    except (OSError, ValueError) as exc:
-        print(f"xkd shards stats: {exc}", file=sys.stderr)
+    manifest = _manifest(args.out_dir, "stats")
+    if manifest is None:
         return 2
     if args.json:
         print(json.dumps({k: v for k, v in manifest.items() if k not in ("shards", "rejected")}, indent=1))
     else:
         print(format_stats(manifest))
     return 0
+
+
+def _manifest(out_dir: str, action: str) -> dict | None:
+    """The folder's manifest, or None after saying on stderr why there is none (not a shard folder)."""
+    from shards.format import load_manifest
+
+    try:
+        return load_manifest(out_dir)
+    except (OSError, ValueError) as exc:
+        print(f"xkd shards {action}: {exc}", file=sys.stderr)
+        return None

@@ -1,6 +1,9 @@
-"""The `xkd` command. Each subcommand lives in its own module, which exposes
-`register(subparsers)`; heavy imports (torch, DALI) happen inside the command, so
-`xkd shards ...` starts fast."""
+"""The `xkd` command: shard videos, pretrain XKD on them, export and import backbones.
+
+Each subcommand lives in its own module of this package, which exposes
+`register(subparsers)` and does only the command's part: arguments, messages, exit statuses. The work
+is done by the library (`shards`, `dali_pipelines`, `xkd.*`), which never imports from here. Heavy
+imports (torch, DALI) happen inside the command, so `xkd shards ...` starts fast."""
 import argparse
 import importlib
 import sys
@@ -9,11 +12,11 @@ from xkd import __version__
 
 # subcommand name -> module that registers it
 SUBCOMMANDS = {
-    "shards": "shards.cli",
-    "demo": "xkd.demo",
-    "import-weights": "xkd.import_weights_command",
-    "pretrain": "xkd.pretrain_command",
-    "export": "xkd.export_command",
+    "shards": "xkd.commands.shards",
+    "demo": "xkd.commands.demo",
+    "import-weights": "xkd.commands.import_weights",
+    "pretrain": "xkd.commands.pretrain",
+    "export": "xkd.commands.export",
 }
 
 
@@ -22,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xkd {__version__}")
     # the deepspeed launcher passes --local_rank=N before the subcommand; LOCAL_RANK is read instead
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS.values():
         importlib.import_module(module).register(subparsers)
     return parser
@@ -31,9 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     return int(args.func(args) or 0)
 
 

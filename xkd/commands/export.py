@@ -20,8 +20,13 @@ def run(args) -> int:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # reading checkpoints needs no GPU
+    from xkd.commands.checks import unwritable_folder
     from xkd.train.export import ExportError, export_backbones
 
+    problem = unwritable_folder(args.out)
+    if problem:
+        print(f"xkd export: {problem}", file=sys.stderr)
+        return 2
     try:
         written = export_backbones(args.run_dir, args.out, args.checkpoint)
     except (ExportError, FileNotFoundError) as error:

@@ -2,7 +2,7 @@
 
   xkd pretrain --config xkd_tiny --shards DIR --out RUN                       # one process
   torchrun --nproc_per_node 8 $(which xkd) pretrain ...                       # one node
-  deepspeed [--hostfile hosts] $(which xkd) pretrain ... --deepspeed-config deepspeed_configs/zero2.json
+  deepspeed [--hostfile hosts] $(which xkd) pretrain ... --deepspeed-config zero2.json
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ def register(subparsers) -> None:
     parser.add_argument("--shards", required=True, help="shard folder made by `xkd shards create`, or a '*.tar' pattern")
     parser.add_argument("--out", required=True, help="run folder: config, checkpoints, metrics.jsonl, tensorboard/")
     parser.add_argument("--deepspeed-config", default=None,
-                        help="DeepSpeed JSON (default: deepspeed_configs/zero2.json on GPUs, zero0_fp32.json on CPU)")
+                        help="a shipped DeepSpeed config by name (zeroN.json bf16, zeroN_fp16.json, zeroN_fp32.json "
+                             "for ZeRO stage N = 0-3) or the path of a JSON file (default: zero2.json on GPUs, "
+                             "zero0_fp32.json on CPU)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=100 (repeatable)")
     parser.add_argument("--resume", default=None, metavar="auto|TAG|DIR",
@@ -29,11 +31,18 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dali_pipelines.shardset import PRETRAINING, ShardSet, ShardSetError
     from shards.folder_lock import FolderLock
+    from xkd.commands.checks import unwritable_folder
     from xkd.config import ConfigError, load_config
     from xkd.train.distributed import launched_rank
+    from xkd.train.ds_config import resolve_config_path
 
     try:
         cfg = load_config(args.config, args.set)
+        if args.deepspeed_config:
+            resolve_config_path(args.deepspeed_config)  # a missing file is refused before DeepSpeed starts
+        problem = unwritable_folder(args.out)
+        if problem:
+            raise ConfigError(f"--out {problem}")
         # the shard preflight runs before DeepSpeed starts; every rank checks the same files and comes
         # to the same verdict, so no rank waits for another that was refused
         shards = ShardSet.from_path(args.shards, needs=PRETRAINING, skip_bad=cfg.train.skip_bad_samples)
