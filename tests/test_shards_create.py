@@ -80,7 +80,7 @@ def test_webdataset_library_reads_every_sample(shard_dir):
     assert len(samples) == 8
     for sample in samples:
         meta = json.loads(sample["json"])
-        assert sample["__key__"] == meta.key and int(sample["cls"]) == meta["label_id"]
+        assert sample["__key__"] == meta["key"] and int(sample["cls"]) == meta["label_id"]
         with av.open(io.BytesIO(sample["mp4"])) as container:
             frames = [f for f in container.decode(video=0)]
         assert len(frames) == meta["frames"] and frames[0].height == 128
@@ -113,7 +113,7 @@ def test_dali_reads_shards_with_the_index_and_decodes_on_cpu(shard_dir):
         frames, waveform, rate, meta, label, lengths = (np.array(o[0]) for o in pipe.run())
         info = json.loads(meta.tobytes())
         assert lengths.tolist() == [info["frames"], info["audio_samples"]]
-        seen.add(info.key)
+        seen.add(info["key"])
         assert frames.shape == (info["frames"], info["height"], info["width"], 3)
         assert waveform.shape == (info["audio_samples"],) and float(rate) == 16000
         assert int(label.tobytes()) == info["label_id"]
@@ -274,7 +274,7 @@ def test_audio_only_shards_for_sound_datasets(run_cli, tmp_path):
         meta = json.loads(sample["json"])
         assert {k for k in sample if not k.startswith("__")} == {"flac", "json", "lengths", "cls"}
         assert np.frombuffer(sample["lengths"], "<i4").tolist() == [0, meta["audio_samples"]]
-        if meta.key == "dog__video":  # AAC ends on a whole 1024-sample frame
+        if meta["key"] == "dog__video":  # AAC ends on a whole 1024-sample frame
             assert abs(meta["audio_samples"] - 32000) < 1024
         else:
             assert meta["audio_samples"] == 80000

@@ -65,7 +65,9 @@ def start_process() -> Process:
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
         clear_stale_extension_locks()
-    if "RANK" not in os.environ:  # started by hand: a world of one
+    by_hand = "RANK" not in os.environ  # started without a launcher: a world of one
+    if by_hand:
+        # MASTER_PORT only names DeepSpeed's CPU shared-memory segment here (unique per run); nothing binds it
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     rank, world = launched_rank()
@@ -77,8 +79,13 @@ def start_process() -> Process:
         device = torch.device("cpu")
     import deepspeed
 
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+    backend = "nccl" if on_gpu else "gloo"
+    if by_hand and not torch.distributed.is_initialized():
+        # a world of one needs no rendezvous: an in-process store instead of a TCP one, so no other process
+        # can take its port between picking and binding it (seen as EADDRINUSE when runs start at once)
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+    if not torch.distributed.is_initialized() or not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return Process(rank, world, local_rank, device)
 
 
