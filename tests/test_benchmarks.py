@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each benchmark script end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {

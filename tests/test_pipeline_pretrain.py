@@ -246,6 +246,7 @@ print(json.dumps(rss))
 """
 
 
+@pytest.mark.slow
 def test_host_memory_stays_flat_across_pipeline_rebuilds(vp9_shards):
     """Each epoch reads through a new pipeline (here a one-batch epoch). glibc keeps what the last one
     freed unless told to give it back: without that, resident memory rose by 160-240 MiB over these 20

@@ -16,6 +16,8 @@ import torch
 
 from shards.synthetic import write_clip
 
+pytestmark = pytest.mark.slow  # training runs through the launchers: minutes
+
 BIN = Path(sys.executable).parent
 CONFIGS = Path(__file__).resolve().parents[1] / "xkd" / "deepspeed_configs"
 TINY = ["--set", "data.batch_size=2", "--set", "data.num_threads=1", "--set", "train.base_lr=0.05"]

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -82,6 +84,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_every_zero_stage_clips_the_full_reduced_gradient_of_each_parameter(tmp_path):
     script = tmp_path / "clip.py"
     script.write_text(SCRIPT)
