@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 # training state before handing out each batch (after the previous batch's step).
 SCRIPT = r"""
 import json, sys, torch
-from xkd.train.distributed import start_process
+from xkd.train.distributed import finish_process, start_process
 process = start_process()
 from xkd.config import load_config
 from xkd.models.synthetic import synthetic_batch
@@ -86,6 +86,7 @@ for before, after in zip(data.photos, data.photos[1:]):
     changed[-1]["finite"] = all(bool(torch.isfinite(t).all()) for part in after.values() for t in part)
 json.dump({"summary": summary, "changed": changed, "layout": trainer.gradient_layout},
           open(f"{out}/rank{rank}.json", "w"))
+finish_process()
 """
 
 

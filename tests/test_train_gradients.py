@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 
 SCRIPT = r"""
 import json, sys, torch
-from xkd.train.distributed import start_process
+from xkd.train.distributed import finish_process, start_process
 process = start_process()
 import deepspeed
 from deepspeed.utils import safe_get_full_grad
@@ -75,6 +75,7 @@ results["disagreement_found"] = not bool(same) and bool(same_again)
 if process.rank == 0:
     print(json.dumps({"results": results, "expected_clipped": sum(
         flag and n.item() > max_norm for n, flag in zip(norms, flags))}))
+finish_process()
 """
 
 

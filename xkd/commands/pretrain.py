@@ -79,7 +79,7 @@ def _train(args, cfg, shards, busy: str | None) -> int:
     import torch
 
     from xkd.config import ConfigError
-    from xkd.train.distributed import all_max, start_process
+    from xkd.train.distributed import all_max, finish_process, start_process
 
     process = start_process()
     refused = torch.tensor([float(busy is not None)], device=process.device)
@@ -108,4 +108,5 @@ def _train(args, cfg, shards, busy: str | None) -> int:
               + "".join(f"\n  {s}" for s in skipped)
               + (f"\nshards left out: {len(left_out)}" + "".join(f"\n  {s}" for s in left_out) if left_out else ""),
               flush=True)
+    finish_process()  # every rank gets here after the same last step
     return 0

@@ -103,6 +103,14 @@ def all_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def finish_process() -> None:
+    """Every rank at once: wait for the others, then take the process group down, so that no rank
+    exits with the backend's threads still running (gloo can then abort: "terminate called")."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

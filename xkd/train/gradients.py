@@ -99,12 +99,12 @@ def _global_norms(pieces: list[torch.Tensor | None], layout: str, device: torch.
     return summed[:-2].sqrt(), same_layout
 
 
-def check_and_clip(params: list[torch.nn.Parameter], clip: list[bool] | None, max_norm: float = 0.0,
+def check_and_clip(params: list[torch.nn.Parameter], clip: torch.Tensor | list[bool] | None, max_norm: float = 0.0,
                    scale: float = 1.0) -> GradientCheck:
     """Checks that every gradient of `params` (the trainable ones) is finite on every rank; when so and
-    `clip` is given (one flag per parameter), clips the flagged ones per parameter to `max_norm` of the
-    unscaled norm (`scale`: the fp16 loss scale the gradients still carry). Every rank must call it
-    together, with the same parameters."""
+    `clip` is given (one flag per parameter; a bool tensor on the gradients' device spares a copy per
+    step), clips the flagged ones per parameter to `max_norm` of the unscaled norm (`scale`: the fp16
+    loss scale the gradients still carry). Every rank must call it together, with the same parameters."""
     layout = _layout(params)
     pieces = _local_pieces(params, layout)
     device = next((p.device for p in pieces if p is not None), params[0].device)
@@ -113,7 +113,7 @@ def check_and_clip(params: list[torch.nn.Parameter], clip: list[bool] | None, ma
     if clip is None:
         factors = torch.ones_like(factors)
     else:
-        factors = torch.where(torch.tensor(clip, device=device), factors, 1.0)
+        factors = torch.where(torch.as_tensor(clip, device=device), factors, 1.0)
     flags = torch.stack([same_layout.float(), torch.isfinite(norms).all().float()])
     agreed, finite, *factors = torch.cat([flags, factors]).tolist()  # the step's one device sync
     if not agreed:

@@ -110,7 +110,7 @@ class Trainer:
         self.backbone_and_head_params = self.model.students.backbone_and_head_parameters()
         self.student_params = [p for p in self.model.students.parameters() if p.requires_grad]
         clipped = {id(p) for p in self.backbone_and_head_params}
-        self.clip_flags = [id(p) in clipped for p in self.student_params]
+        self.clip_flags = torch.tensor([id(p) in clipped for p in self.student_params], device=self.device)
         self.gradient_layout: str | None = None
         self.micro_batches_pending = 0  # backward passes since the last optimiser step (accumulation)
 
