@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "import-weights": "xkd.commands.import_weights",
     "pretrain": "xkd.commands.pretrain",
     "export": "xkd.commands.export",
+    "eval": "xkd.commands.eval",
 }
 
 
