@@ -164,6 +164,15 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every_steps: int = 10
     max_nonfinite_in_a_row: int = 5  # a non-finite loss skips its step; this many in a row stop the run
+    # kNN monitor (xkd/train/knn_monitor.py), off at 0: every this many epochs, the teachers' pooled
+    # features of knn_train_shards and knn_test_shards (evaluation shard sets, labelled), weighted cosine
+    # kNN top-1 per modality into metrics.jsonl and TensorBoard
+    knn_every_epochs: int = 0
+    knn_train_shards: str = ""
+    knn_test_shards: str = ""
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_clips: int = 1  # clips per video (one centre crop each)
 
 
 @dataclass

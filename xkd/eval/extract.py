@@ -73,6 +73,34 @@ def _rows(batch, modality: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray, n
     return clips.flatten(0, 2), video.ravel(), clip.ravel(), crop.ravel()
 
 
+def extract_in_memory(backbones: list[EvalBackbone], shards: ShardSet, data_cfg, device: torch.device,
+                      progress=None, rank: int = 0, world_size: int = 1) -> dict[str, FeatureSet]:
+    """The FeatureSet of each backbone's modality over `shards` (this rank's share of them), one
+    evaluation pass; video_index counts from 0."""
+    from dali_pipelines.evaluation import eval_loader
+
+    modalities = [b.modality for b in backbones]
+    loader = eval_loader(shards, data_cfg, modality="both" if len(modalities) == 2 else modalities[0],
+                         rank=rank, world_size=world_size, device=device if device.type == "cuda" else None)
+    parts = {m: [] for m in modalities}
+    keys, labels = [], []
+    for batch in loader:
+        first = len(keys)
+        for backbone in backbones:
+            clips, video, clip, crop = _rows(batch, backbone.modality)
+            parts[backbone.modality].append((pooled_features(backbone.encoder, clips, device),
+                                             video + first, clip, crop))
+        keys += batch.key
+        labels.append(batch.label.cpu().numpy())
+        if progress is not None:
+            progress.update(len(batch))
+    labels = np.concatenate(labels)
+    return {m: FeatureSet(torch.cat([p[0] for p in rows]).numpy(),
+                          *(np.concatenate([p[i] for p in rows]) for i in (1, 2, 3)),
+                          keys=np.asarray(keys), labels=labels)
+            for m, rows in parts.items()}
+
+
 class FeatureExtraction:
     """One extraction: backbones x shard set x config -> OUT/{modality}.npz + OUT/features.json."""
 
@@ -149,27 +177,7 @@ class FeatureExtraction:
         return self._finish(len(chunks))
 
     def _extract_chunk(self, chunk: ShardSet, progress) -> dict[str, FeatureSet]:
-        from dali_pipelines.evaluation import eval_loader
-
-        pipe_modality = "both" if len(self.modalities) == 2 else self.modalities[0]
-        loader = eval_loader(chunk, self.cfg.data, modality=pipe_modality,
-                             device=self.device if self.device.type == "cuda" else None)
-        parts = {m: [] for m in self.modalities}
-        keys, labels = [], []
-        for batch in loader:
-            first = len(keys)  # video_index counts within the chunk; _finish offsets it
-            for backbone in self.backbones:
-                clips, video, clip, crop = _rows(batch, backbone.modality)
-                parts[backbone.modality].append((pooled_features(backbone.encoder, clips, self.device),
-                                                 video + first, clip, crop))
-            keys += batch.key
-            labels.append(batch.label.cpu().numpy())
-            progress.update(len(batch))
-        labels = np.concatenate(labels)
-        return {m: FeatureSet(torch.cat([p[0] for p in rows]).numpy(), *(np.concatenate([p[i] for p in rows])
-                                                                          for i in (1, 2, 3)),
-                              keys=np.asarray(keys), labels=labels)
-                for m, rows in parts.items()}
+        return extract_in_memory(self.backbones, chunk, self.cfg.data, self.device, progress)
 
     def _finish(self, chunk_count: int) -> dict:
         """Join the chunks into one file per modality, write features.json, drop the partial folder."""

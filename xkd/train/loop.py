@@ -27,6 +27,7 @@ from xkd.schedules import TrainSchedules
 from xkd.train.checkpoint import CheckpointManager, complete_tags, find_checkpoint, read_marker
 from xkd.train.data import training_batches
 from xkd.train.distributed import Process, all_max, all_mean
+from xkd.train.knn_monitor import KnnMonitor, KnnMonitorError
 from xkd.train.ds_config import deepspeed_config, precision, zero_stage
 from xkd.train.metrics import MetricsLog, MetricsWindow, memory_mib
 from xkd.train.state import TrainingState
@@ -123,6 +124,10 @@ class Trainer:
             last_step=self.last_step, keep=train.keep_checkpoints, rank=process.rank, device=self.device,
             engine_facts={"zero_stage": zero_stage(self.ds_config), "precision": self.precision})
         self.stop_signal: str | None = None
+        try:
+            self.knn = KnnMonitor(cfg, self.model.teachers, self.device, process.rank, process.world_size)
+        except KnnMonitorError as error:
+            raise RunRefused(str(error)) from None
 
     # ---------------------------------------------------------------------------------- setup
 
@@ -275,6 +280,8 @@ class Trainer:
             for batch in self._timed(self.data):
                 if self._after_step(self._step(batch, epoch), epoch, bar):
                     return "stopped"
+                if self.data.state_dict()["epoch"] > epoch and self.knn.due(epoch):  # the epoch's last batch
+                    self._monitor(epoch)
                 if self.state.step >= self.last_step:
                     break
         self.checkpoints.save_unless_saved()
@@ -340,6 +347,14 @@ class Trainer:
         self._say(f"stopped by {self.stop_signal or 'a signal to another process'} at step "
                   f"{self.state.step}; checkpoint saved; continue with --resume auto")
         return True
+
+    def _monitor(self, epoch: int) -> None:
+        """The kNN monitor after `epoch`; its time is not training time."""
+        record = self.knn.run()
+        self.window.pause(record["knn_seconds"])
+        self.log.write(self.state.step, {"epoch": epoch, **record})
+        scores = ", ".join(f"{k.removeprefix('knn_top1_')} {v:.1%}" for k, v in record.items() if k.startswith("knn_top1"))
+        self._say(f"epoch {epoch}: kNN top-1 {scores} ({record['knn_seconds']:.1f} s)")
 
     def _skip_nonfinite(self, event: str, epoch: int, bad: list[str]) -> None:
         state = self.state
