@@ -159,3 +159,16 @@ def test_refusals_name_the_problem_with_exit_2(case, eval_shards, micro_export, 
     assert run_cli("eval", "features", *args, *MICRO) == 2
     err = capsys.readouterr().err
     assert err.startswith("xkd eval features: ") and expected in err, err
+
+
+@pytest.mark.gpu
+def test_gpu_features_under_bf16_autocast_match_the_cpu_ones(eval_shards, micro_export, run_cli, tmp_path):
+    assert run_cli("eval", "features", micro_export, eval_shards, tmp_path / "cpu", *MICRO, "--device", "cpu") == 0
+    assert run_cli("eval", "features", micro_export, eval_shards, tmp_path / "gpu", *MICRO, "--device", "cuda") == 0
+    assert json.loads((tmp_path / "gpu" / "features.json").read_text())["dtype"] == "bfloat16 autocast"
+    for modality in ("video", "audio"):
+        cpu, gpu = load_features(tmp_path / "cpu", modality), load_features(tmp_path / "gpu", modality)
+        assert list(cpu.keys) == list(gpu.keys)
+        cosine = (cpu.features * gpu.features).sum(1) / np.linalg.norm(cpu.features, axis=1) / np.linalg.norm(
+            gpu.features, axis=1)
+        assert cosine.min() > 0.99, (modality, cosine.min())  # NVDEC frames and bf16 differ a little, no more
