@@ -30,7 +30,8 @@ setup(
     description="XKD cross-modal knowledge distillation: shards, DALI pipelines, DeepSpeed pretraining",
     python_requires=">=3.10",
     packages=find_packages(include=["xkd", "xkd.*", "shards", "shards.*", "dali_pipelines", "dali_pipelines.*"]),
-    package_data={"xkd": ["configs/*.yaml", "deepspeed_configs/*.json"]},  # presets and DeepSpeed configs
+    # presets and DeepSpeed configs; the class lists of `xkd shards create --classes-from`
+    package_data={"xkd": ["configs/*.yaml", "deepspeed_configs/*.json"], "shards": ["lists/*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["xkd=xkd.commands:main"]},

@@ -2,13 +2,23 @@
 
 Pretraining loaders (the DALI pipeline, the reference loader, synthetic batches) make
 `TrainingBatch`es; the evaluation pipeline makes `EvaluationBatch`es, whose clips have another
-shape and so other field names."""
+shape and so other field names. `sample_labels` reads a sample's labels out of its JSON member the
+same way for every loader."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
 
 import torch
+
+
+def sample_labels(meta: dict) -> tuple[int, tuple[int, ...]]:
+    """(label, label set) of a sample's JSON: a single-label sample (id, (id,)); a sample of a
+    multi-label set such as FSD50K (-1, its ids ascending); an unlabelled one (-1, ())."""
+    if meta.get("label_ids") is not None:
+        return -1, tuple(meta["label_ids"])
+    label = meta.get("label_id")
+    return (-1, ()) if label is None else (label, (label,))
 
 
 class SampleDecodeError(RuntimeError):
@@ -51,8 +61,13 @@ class EvaluationBatch:
     """N clips of each of B videos (or soundtracks), each clip in 1 or 3 crops:
     video_clips: (B, N, crops, 3, T, S, S) or None (audio only)
     audio_clips: (B, N, 1, mel_bins, frames) or None (video only)
-    label: (B,) int64, -1 when unlabelled;  key: B sample keys
-    clip_index: (N,);  crop_index: (crops,)  (which clip and crop each position is)."""
+    label: (B,) int64, the class id; -1 when unlabelled and for every sample of a multi-label set
+    key: B sample keys
+    clip_index: (N,);  crop_index: (crops,)  (which clip and crop each position is)
+    label_sets: B tuples of class ids, ascending: all of a multi-label sample's (FSD50K), (label,)
+        for a single-label one, () when unlabelled. A multi-hot (B, C) is
+        `torch.zeros(B, C, dtype=torch.uint8)` with row i set at label_sets[i]; C is the shard
+        manifest's `num_classes`."""
 
     video_clips: torch.Tensor | None
     audio_clips: torch.Tensor | None
@@ -60,6 +75,7 @@ class EvaluationBatch:
     key: list[str]
     clip_index: torch.Tensor
     crop_index: torch.Tensor
+    label_sets: list[tuple[int, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.key)

@@ -100,7 +100,7 @@ class EvaluationPass:
 
     def _to_batch(self, outputs: dict) -> EvaluationBatch:
         cfg = self.cfg
-        keys, labels = parse_meta(outputs["meta"])
+        keys, labels, label_sets = parse_meta(outputs["meta"])
         video, audio = self._clips(outputs, "video0"), self._clips(outputs, "audio0")
         if video is not None:  # (B, crops, C, N*T, S, S) -> (B, N, crops, C, T, S, S)
             b, crops, c, _, h, w = video.shape
@@ -109,7 +109,7 @@ class EvaluationPass:
             audio = audio.unsqueeze(2)
         device = next(t.device for n, t in outputs.items() if n != "meta")
         return EvaluationBatch(video, audio, labels.to(device), keys, torch.arange(cfg.eval_clips),
-                               torch.arange(cfg.eval_crops))
+                               torch.arange(cfg.eval_crops), label_sets)
 
     def __iter__(self):
         try:

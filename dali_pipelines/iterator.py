@@ -10,7 +10,7 @@ import weakref
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 
-from dali_pipelines.batch import SampleDecodeError, TrainingBatch
+from dali_pipelines.batch import SampleDecodeError, TrainingBatch, sample_labels
 from dali_pipelines.bounded_iterator import BoundedIterator
 from dali_pipelines.epochs import EpochStream
 from dali_pipelines.host_memory import release_free_heap
@@ -29,14 +29,17 @@ def explain_dali_error(error: Exception) -> Exception:
     return SampleDecodeError(tar, key, extension)
 
 
-def parse_meta(meta: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-    """The zero-padded JSON members of a batch -> (keys, labels)."""
-    keys, labels = [], []
+def parse_meta(meta: torch.Tensor) -> tuple[list[str], torch.Tensor, list[tuple[int, ...]]]:
+    """The zero-padded JSON members of a batch -> (keys, labels (B,) int64, label sets): see
+    `sample_labels` (-1 and the ids for a multi-label sample)."""
+    keys, labels, label_sets = [], [], []
     for row in meta.cpu().numpy():
         info = json.loads(row.tobytes().rstrip(b"\0"))
         keys.append(info["key"])
-        labels.append(-1 if info.get("label_id") is None else info["label_id"])
-    return keys, torch.tensor(labels, dtype=torch.int64)
+        label, label_set = sample_labels(info)
+        labels.append(label)
+        label_sets.append(label_set)
+    return keys, torch.tensor(labels, dtype=torch.int64), label_sets
 
 
 class PipelineEpochs(EpochStream):
@@ -135,7 +138,7 @@ class PipelineEpochs(EpochStream):
         return [v.to(self.cast) for v in views] if self.cast else views
 
     def _to_batch(self, outputs: dict) -> TrainingBatch:
-        keys, labels = parse_meta(outputs["meta"])
+        keys, labels, _ = parse_meta(outputs["meta"])  # pretraining reads no label sets
         device = next(t.device for n, t in outputs.items() if n != "meta")
         batch = TrainingBatch(self._views(outputs, "video"), self._views(outputs, "audio"), labels.to(device), keys,
                               skipped=self._unreported)  # members left out since the previous batch

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from dali_pipelines.batch import SampleDecodeError, TrainingBatch
+from dali_pipelines.batch import SampleDecodeError, TrainingBatch, sample_labels
 from dali_pipelines.config import AudioViewConfig, DataConfig, MelConfig, VideoViewConfig
 from dali_pipelines.shardset import ShardSet
 from shards.format import VIDEO_EXTENSIONS
@@ -143,7 +143,7 @@ class ClipTransform:
         for _ in range(cfg.local_audio_views):
             local_start = int(rng.integers(0, (clip_samples - local_samples) // 100 + 1)) * 100
             audios.append(self._audio_view(clip_audio[local_start:local_start + local_samples], cfg.local_audio, rng))
-        label = -1 if meta.get("label_id") is None else meta["label_id"]
+        label, _ = sample_labels(meta)  # -1 for a multi-label sample: pretraining reads one id at most
         return {"video": videos, "audio": audios, "label": label, "key": meta["key"]}
 
 

@@ -69,11 +69,13 @@ def plan_order(items: list[InputItem], opts: ShardOptions) -> list[InputItem]:
 
 
 def plan_fingerprint(order: list[InputItem], inputs: InputSet, opts: ShardOptions, part: Part) -> str:
+    # a multi-label input adds its labels; single-label plans keep the fingerprint older runs wrote
     payload = json.dumps({
         "options": opts.to_dict(),
         "parts": part.count,
         "classes": inputs.classes,
-        "inputs": [[item.path, item.key, item.label] for item in order],
+        "inputs": [[item.path, item.key, item.label] + ([list(item.labels)] if item.labels is not None else [])
+                   for item in order],
     }, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -113,7 +115,7 @@ def _check_plan(state_dir, order, inputs, opts, part) -> None:
         return
     atomic_write_json(plan_path, {
         "fingerprint": fingerprint, "options": opts.to_dict(), "parts": part.count,
-        "inputs": len(order), "classes": inputs.classes,
+        "inputs": len(order), "classes": inputs.classes, "multi_label": inputs.multi_label,
         "rejected_before_decoding": [r.to_dict() for r in inputs.rejected],
     })
 

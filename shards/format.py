@@ -6,12 +6,14 @@ A shard folder holds `{name}-NNNNNN.tar` (or `{name}-pIII-NNNNNN.tar` for `--par
 
 * Members: a sample is the regular-file members `KEY.EXT` of a tar that share KEY (the name before
   the first dot), side by side. EXT is one of `MEMBER_EXTENSIONS`; `.json` and `.lengths` are in
-  every sample, the video is `.mp4` (`.mkv` for `--codec copy`), the audio `.flac`.
+  every sample, the video is `.mp4` (`.mkv` for `--codec copy`), the audio `.flac`; a labelled
+  sample has `.cls` (its class id) or, in a multi-label set, `.labels` (its class ids, ascending,
+  comma-separated, as the JSON's `label_ids`).
 * Index: the `v1.2` format of DALI's `wds2idx`: a header `v1.2 SAMPLES`, then one line per sample
   listing each member as `EXT OFFSET SIZE NAME` (OFFSET: where the member's data starts in the tar).
 * Manifest: a JSON object tagged `"format": "xkd-shards/1"`. What readers rely on: `complete`
   (every part finished), `samples`, `shards` (each `tar`, `idx`, `samples`, `bytes`), `members`,
-  `has_video`, `video_extension`; `shards/manifest.py` builds it.
+  `has_video`, `video_extension`, `classes` (name -> id), `multi_label`; `shards/manifest.py` builds it.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ TMP_SUFFIX = ".tmp"  # a shard's files while they are written; `create` removes 
 
 VIDEO_EXTENSIONS = ("mp4", "mkv")  # what we encode / `--codec copy` (Matroska holds any codec)
 AUDIO_EXTENSION = "flac"
-MEMBER_EXTENSIONS = {*VIDEO_EXTENSIONS, AUDIO_EXTENSION, "json", "lengths", "cls"}
+MEMBER_EXTENSIONS = {*VIDEO_EXTENSIONS, AUDIO_EXTENSION, "json", "lengths", "cls", "labels"}
 REQUIRED_MEMBERS = {"json", "lengths"}  # in every sample, video or audio-only
 
 IndexEntry = tuple[str, int, int, str]  # one member: (extension, data offset, size, member name)

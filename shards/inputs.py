@@ -1,5 +1,7 @@
 """Find the videos to shard: a folder searched recursively, or a CSV/JSONL manifest; labels from
-parent folders or the manifest; official split lists (UCF101, HMDB51) to select videos.
+parent folders or the manifest (one class, or several in a `labels` column: FSD50K); official split
+lists (UCF101, HMDB51), a manifest's `split` or `fold` column (ESC-50's folds) and class lists
+(Kinetics-Sound, `shards/class_lists.py`) to select videos.
 
 Everything here is cheap and deterministic (no media is opened): the result is the sorted list of
 `InputItem`s plus the inputs rejected before any decoding (a listed file that does not exist, a
@@ -13,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shards.class_lists import select_classes
 
 VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv", ".wmv", ".ts",
@@ -29,6 +33,7 @@ class InputItem:
     rel: str  # path relative to the input root / manifest folder, "/"-separated
     key: str  # unique sample key in the shards
     label: str | None = None  # class name
+    labels: tuple[str, ...] | None = None  # the class names of a multi-label input (then label is None)
 
 
 @dataclass
@@ -46,6 +51,7 @@ class InputSet:
     items: list[InputItem]
     rejected: list[Rejection] = field(default_factory=list)
     classes: dict[str, int] = field(default_factory=dict)
+    multi_label: bool = False  # labels come from a manifest's `labels` column, several per input
 
 
 class InputError(ValueError):
@@ -67,12 +73,16 @@ def load_inputs(
     classes_file: str | None = None,
     split_lists: list[str] | None = None,
     split: str | None = None,
+    fold: str | None = None,
+    classes_from: str | None = None,
     extensions: set[str] = VIDEO_EXTENSIONS,
 ) -> InputSet:
     """labels: 'auto' (parent folder for nested folder inputs, the manifest's column otherwise),
     'folder', 'manifest' or 'none'. split_lists: UCF101 train/testlist files or HMDB51
     *_test_splitN.txt files; with HMDB51 files, `split` picks train or test. With a manifest that
-    has a `split` column, `split` selects rows."""
+    has a `split` column, `split` selects rows ("train,val": either). With a manifest that has a
+    `fold` column, `fold` K and `split` test keep fold K, `split` train the other folds.
+    classes_from: a class list (file or shipped name) keeping only its classes, ids in its order."""
     source = Path(source)
     if source.is_dir():
         rows, rejected = _rows_from_folder(source, labels, extensions)
@@ -82,17 +92,27 @@ def load_inputs(
         raise InputError(f"{source}: INPUT must be a folder or a .csv/.jsonl manifest")
     else:
         raise InputError(f"{source}: no such folder or manifest")
+    multi_label = any(row.get("labels") is not None for row in rows)
     # class ids come from every video found, before any split is taken, so train and test agree
-    classes = _load_classes(classes_file, source) or _derive_classes(row["label"] for row in rows)
+    if classes_from is not None:
+        if classes_file or multi_label:
+            raise InputError(f"--classes-from {classes_from}: takes single-label inputs and no --classes")
+        rows, classes = select_classes(rows, classes_from, source)
+    else:
+        classes = _load_classes(classes_file, source) or _derive_classes(_label_names(rows))
 
+    if split_lists and fold is not None:
+        raise InputError(f"--fold {fold} selects from a manifest's folds; it does not combine with --split-list")
     if split_lists:
         rows, more = _select_by_split_lists(rows, split_lists, split)
         rejected += more
+    elif fold is not None:
+        rows = _select_by_fold(rows, fold, split, source)
     elif split is not None:
         rows = _select_by_split_column(rows, split, source)
 
     items, more = _finalize(rows, classes)
-    return InputSet(items=items, rejected=rejected + more, classes=classes)
+    return InputSet(items=items, rejected=rejected + more, classes=classes, multi_label=multi_label)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,6 +158,9 @@ def _rows_from_manifest(manifest: Path, labels: str) -> tuple[list[dict], list[R
                         raise InputError(f"{manifest}:{line_no}: not valid JSON: {exc}") from None
     if records and "path" not in records[0]:
         raise InputError(f"{manifest}: the manifest needs a 'path' column")
+    if records and "label" in records[0] and "labels" in records[0]:
+        raise InputError(f"{manifest}: a manifest has a 'label' column (one class per input) or a 'labels' "
+                         "column (several), not both")
     base = manifest.parent
     rows = []
     for record in records:
@@ -148,16 +171,50 @@ def _rows_from_manifest(manifest: Path, labels: str) -> tuple[list[dict], list[R
             "path": str(path),
             "rel": given.replace(os.sep, "/"),
             "label": None if labels == "none" or label in (None, "") else str(label),
+            "labels": None if labels == "none" else _label_list(record.get("labels")),
             "key": record.get("key") or None,
-            "split": None if record.get("split") in (None, "") else str(record["split"]),
+            "split": _text(record.get("split")),
+            "fold": _text(record.get("fold")),
         })
     return rows, []
+
+
+def _text(value) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+def _label_list(value) -> tuple[str, ...] | None:
+    """A `labels` cell: a JSON list, or names separated by commas (a CSV cell, as FSD50K writes them)."""
+    if value is None:
+        return None
+    names = value if isinstance(value, list) else str(value).split(",")
+    names = tuple(dict.fromkeys(str(name).strip() for name in names if str(name).strip()))
+    return names or None
 
 
 def _select_by_split_column(rows: list[dict], split: str, source: Path) -> list[dict]:
     if not any(row.get("split") is not None for row in rows):
         raise InputError(f"{source}: --split {split} needs a manifest with a 'split' column (or --split-list)")
-    return [row for row in rows if row.get("split") == split]
+    wanted = {name.strip() for name in split.split(",")}
+    return [row for row in rows if row.get("split") in wanted]
+
+
+def _select_by_fold(rows: list[dict], fold: str, split: str | None, source: Path) -> list[dict]:
+    """k-fold cross-validation (ESC-50): the test split is fold K, the train split every other fold."""
+    folds = sorted({row["fold"] for row in rows if row.get("fold") is not None}, key=_natural)
+    if not folds:
+        raise InputError(f"{source}: --fold {fold} needs a manifest with a 'fold' column")
+    if split not in ("train", "test"):
+        raise InputError(f"--fold {fold}: add --split test (fold {fold}) or --split train (the other folds)")
+    if fold not in folds:
+        raise InputError(f"--fold {fold}: {source} has folds {', '.join(folds)}")
+    if split == "test":
+        return [row for row in rows if row.get("fold") == fold]
+    return [row for row in rows if row.get("fold") is not None and row["fold"] != fold]
+
+
+def _natural(text: str) -> tuple:
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,6 +283,12 @@ def _load_classes(classes_file: str | None, source: Path) -> dict[str, int]:
     return {}
 
 
+def _label_names(rows: list[dict]):
+    for row in rows:
+        yield row["label"]
+        yield from row.get("labels") or ()
+
+
 def _derive_classes(labels) -> dict[str, int]:
     names = sorted({label for label in labels if label is not None})
     if names and all(name.lstrip("-").isdigit() for name in names):
@@ -241,14 +304,15 @@ def _finalize(rows: list[dict], classes: dict[str, int]) -> tuple[list[InputItem
             rejected.append(Rejection(path, "duplicate: listed more than once", "duplicate"))
             continue
         paths.add(path)
-        if row["label"] is not None and row["label"] not in classes:
-            rejected.append(Rejection(path, f"label {row['label']!r} is not in classes.json", "label"))
+        unknown = [name for name in (row.get("labels") or (row["label"],)) if name is not None and name not in classes]
+        if unknown:
+            rejected.append(Rejection(path, f"label {unknown[0]!r} is not in classes.json", "label"))
             continue
         key = sanitize_key(row.get("key") or row["rel"])
         if len(key) > KEY_MAX_LEN or key in keys:
             key = _unique_key(key, path, keys)
         keys.add(key)
-        items.append(InputItem(path=path, rel=row["rel"], key=key, label=row["label"]))
+        items.append(InputItem(path=path, rel=row["rel"], key=key, label=row["label"], labels=row.get("labels")))
     return items, rejected
 
 

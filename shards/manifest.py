@@ -45,6 +45,8 @@ def build_manifest(out_dir: str) -> dict:
             seconds += shard_seconds
     options = plan["options"]
     members = ShardOptions(**options).members
+    multi_label = plan.get("multi_label", False)  # plans written before multi-label sets lack it
+    label_member = ["labels"] if multi_label else ["cls"] if plan["classes"] else []
     return {
         "format": FORMAT,
         # complete: every part finished and every planned input was either packed or rejected
@@ -53,9 +55,10 @@ def build_manifest(out_dir: str) -> dict:
         "options": options,
         "has_video": not options["audio_only"],
         "video_extension": None if options["audio_only"] else members[0],
-        "members": members + (["cls"] if plan["classes"] else []),
+        "members": members + label_member,
         "classes": plan["classes"],
         "num_classes": len(plan["classes"]),
+        "multi_label": multi_label,
         "inputs": plan["inputs"] + len(plan["rejected_before_decoding"]),
         "samples": samples,
         "samples_with_audio": with_audio,

@@ -100,10 +100,18 @@ def _check_declared(declared: float | None, opts: ShardOptions) -> None:
 
 
 def _label_fields(item: InputItem, classes: dict[str, int]) -> tuple[dict, list[tuple[str, bytes]]]:
+    """The JSON's label fields and the label member: `.cls` (the class id) for a single-label input;
+    for a multi-label one, `labels`/`label_ids` in the JSON (ids ascending) and `.labels` (the ids,
+    comma-separated: `.cls` would not do, the webdataset library decodes it as one int)."""
     label_id = classes.get(item.label) if item.label is not None else None
     fields = {"key": item.key, "source": item.rel, "source_path": item.path, "label": item.label,
               "label_id": label_id}
-    return fields, ([] if label_id is None else [("cls", str(label_id).encode())])
+    if item.labels is None:
+        return fields, ([] if label_id is None else [("cls", str(label_id).encode())])
+    names = sorted(item.labels, key=lambda name: classes[name])
+    ids = [classes[name] for name in names]
+    fields.update(labels=names, label_ids=ids)
+    return fields, [("labels", ",".join(map(str, ids)).encode())]
 
 
 def _make_audio_sample(item: InputItem, opts: ShardOptions, classes: dict[str, int]) -> Sample:

@@ -48,7 +48,8 @@ def _check_sample(key: str, members: dict[str, bytes], expected: list[str]) -> l
         meta = json.loads(members["json"])
     except (KeyError, ValueError) as exc:
         return [f"{key}.json: missing or not valid JSON: {exc}"]
-    expected = [ext for ext in expected if ext != "cls" or meta.get("label_id") is not None]
+    labelled = {"cls": meta.get("label_id") is not None, "labels": bool(meta.get("label_ids"))}
+    expected = [ext for ext in expected if labelled.get(ext, True)]
     if sorted(members) != sorted(expected):
         return [f"{key}: members {sorted(members)}, expected {sorted(expected)}"]
     problems = [] if meta.get("key") == key else [f"{key}.json: key field is {meta.get('key')!r}"]
@@ -62,6 +63,8 @@ def _check_sample(key: str, members: dict[str, bytes], expected: list[str]) -> l
             problems.append(f"{key}.{ext}: does not decode: {type(exc).__name__}: {exc}")
     if "cls" in members and members["cls"].decode().strip() != str(meta.get("label_id")):
         problems.append(f"{key}.cls: {members['cls']!r}, json label_id {meta.get('label_id')}")
+    if "labels" in members and members["labels"].decode().strip() != ",".join(map(str, meta.get("label_ids", []))):
+        problems.append(f"{key}.labels: {members['labels']!r}, json label_ids {meta.get('label_ids')}")
     return problems
 
 
@@ -126,7 +129,7 @@ def format_stats(manifest: dict) -> str:
         + ("" if manifest["complete"] else "  [INCOMPLETE]"),
         f"samples:  {manifest['samples']} ({manifest['samples_with_audio']} with audio) of {manifest['inputs']} inputs",
         f"hours:    {manifest['hours']:.3f}",
-        f"classes:  {manifest['num_classes']}",
+        f"classes:  {manifest['num_classes']}" + (" (multi-label)" if manifest.get("multi_label") else ""),
         ("video:    none (audio only)" if not manifest.get("has_video", True) else
          f"video:    {manifest['options']['codec']}, {manifest['options']['fps']} fps, "
          f"short side {manifest['options']['short_side']}"),

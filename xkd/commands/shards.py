@@ -1,4 +1,4 @@
-"""`xkd shards create|verify|index|stats`."""
+"""`xkd shards create|manifest|verify|index|stats`."""
 from __future__ import annotations
 
 import argparse
@@ -51,10 +51,26 @@ def register(subparsers) -> None:
                                                         "(default: INPUT/classes.json if present, else sorted names)")
     labels.add_argument("--split-list", nargs="+", default=None,
                         help="UCF101 trainlist/testlist or HMDB51 *_test_splitN.txt files selecting the videos")
-    labels.add_argument("--split", default=None, help="train|test for HMDB51 split files; the 'split' value "
-                                                      "to keep with a manifest")
+    labels.add_argument("--split", default=None, help="train|test for HMDB51 split files or with --fold; the "
+                                                      "'split' values to keep with a manifest (train,val: either)")
+    labels.add_argument("--fold", default=None, help="K: with a manifest's 'fold' column (ESC-50), --split test "
+                                                     "keeps fold K, --split train the other folds")
+    labels.add_argument("--classes-from", default=None, metavar="LIST",
+                        help="keep only the classes of a class list (a file, one name a line, or a shipped list: "
+                             "kinetics_sound_32), ids 0..N-1 in its order")
     create.add_argument("--quiet", action="store_true", help="no progress bar")
     create.set_defaults(func=run_create)
+
+    recipe = commands.add_parser(
+        "manifest", help="write the input manifest (inputs.csv + classes.json) of an official dataset layout",
+        description="OUT_DIR/inputs.csv lists the clips with their labels and splits or folds, "
+                    "OUT_DIR/classes.json the official class ids; give inputs.csv to `xkd shards create`.")
+    recipe.add_argument("dataset", choices=("esc50", "fsd50k", "kinetics"),
+                        help="esc50: ESC-50 (meta/esc50.csv, 5 folds); fsd50k: FSD50K (FSD50K.ground_truth/, "
+                             "several labels per clip); kinetics: Kinetics-400 (annotations/*.csv)")
+    recipe.add_argument("root", help="the unpacked official download")
+    recipe.add_argument("out_dir", help="where inputs.csv and classes.json go")
+    recipe.set_defaults(func=run_manifest)
 
     verify = commands.add_parser("verify", help="decode every member of every shard; exit 1 on any problem")
     verify.add_argument("out_dir")
@@ -97,7 +113,8 @@ def run_create(args) -> int:
             raise ValueError(problem)
         extensions = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if args.audio_only else VIDEO_EXTENSIONS
         inputs = load_inputs(args.input, labels=args.labels, classes_file=args.classes,
-                             split_lists=args.split_list, split=args.split, extensions=extensions)
+                             split_lists=args.split_list, split=args.split, fold=args.fold,
+                             classes_from=args.classes_from, extensions=extensions)
     except (ValueError, InputError) as exc:
         print(f"xkd shards create: {exc}", file=sys.stderr)
         return 2
@@ -117,6 +134,23 @@ def run_create(args) -> int:
     print(f"done in {elapsed:.1f} s; manifest: {os.path.join(args.out_dir, 'manifest.json')}")
     if not manifest["complete"]:
         print("other parts have not finished yet: the manifest completes when the last part ends")
+    return 0
+
+
+def run_manifest(args) -> int:
+    from shards.recipes import RecipeError, write_manifest
+
+    problem = unwritable_folder(args.out_dir)
+    try:
+        if problem:
+            raise RecipeError(problem)
+        written = write_manifest(args.dataset, args.root, args.out_dir)
+    except (RecipeError, OSError) as exc:
+        print(f"xkd shards manifest: {exc}", file=sys.stderr)
+        return 2
+    print(f"{written['rows']} clips of {written['classes']} classes in {written['manifest']}"
+          + (f"; {written['missing']} listed clip(s) are not there (`xkd shards create` records them "
+             "as rejected)" if written["missing"] else ""))
     return 0
 
 
