@@ -298,3 +298,16 @@ def test_a_class_list_naming_an_absent_class_is_exit_2(tmp_path, run_cli, capsys
     assert run_cli("shards", "create", tmp_path / "lists" / "inputs.csv", tmp_path / "out",
                    "--classes-from", "no_such_list") == 2
     assert "kinetics_sound_32" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_fsd50k_features_carry_multi_hot_labels(fsd50k, run_cli, tmp_path):
+    from xkd.eval.feature_file import load_features
+
+    assert run_cli("eval", "features", "--random-init", "xkd_micro", fsd50k / "eval", tmp_path / "features",
+                   "--clips", "2") == 0
+    features = load_features(tmp_path / "features")  # audio only: the one modality there
+    assert features.multi_label and features.labels.dtype == np.uint8
+    expected = {f"eval_{fname}": expected_ids(labels) for fname, labels, _ in FSD50K_EVAL}
+    for key, row in zip(features.keys, features.labels):
+        assert tuple(np.flatnonzero(row)) == expected[key] and len(row) == len(FSD50K_VOCABULARY)
+    assert json.loads((tmp_path / "features" / "features.json").read_text())["multi_label"] is True

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
                         help="evaluate PRESET's encoders at random initialisation (no BACKBONE)")
     parser.add_argument("--seed", type=int, default=0, help="random-init seed (default: 0)")
     parser.add_argument("--modality", choices=["video", "audio", "both"], default=None,
-                        help="default: a backbone file's own; both for an export folder or --random-init")
+                        help="default: a backbone file's own; for an export folder or --random-init, both "
+                             "(audio for --audio-only shards)")
     parser.add_argument("--role", choices=["teacher", "student"], default="teacher",
                         help="which backbones of an export folder (default: teacher)")
     parser.add_argument("--config", default=None,
@@ -68,7 +69,7 @@ def _device(choice: str):
 
 
 def run(args) -> int:
-    from dali_pipelines.shardset import ShardSetError
+    from dali_pipelines.shardset import ShardSet, ShardSetError
     from xkd.config import ConfigError, load_config
     from xkd.eval.backbones import BackboneMismatch, default_modality, resolve_backbones
     from xkd.eval.extract import ExtractionConflict, FeatureExtraction
@@ -91,7 +92,7 @@ def run(args) -> int:
         overrides += [f"data.eval_crops={args.crops}"] if args.crops else []
         overrides += [f"data.num_threads={args.threads}"] if args.threads else []
         cfg = load_config(_config_name(args, backbone), overrides)
-        modality = args.modality or default_modality(backbone)
+        modality = args.modality or default_modality(backbone, ShardSet.from_path(shards).has_video)
         backbones = resolve_backbones(backbone, modality, cfg, role=args.role, seed=args.seed)
         extraction = FeatureExtraction(backbones, shards, cfg, out, device=device, chunk_videos=args.chunk_videos)
         extraction.run()

@@ -134,8 +134,9 @@ def backbone_label(backbones: list[EvalBackbone]) -> str:
     return f"{path.parent.name} {info['role']}" if info.get("role") else path.stem
 
 
-def default_modality(source: str | None) -> str:
-    """'both' for an export folder or random init; a backbone file's own modality."""
+def default_modality(source: str | None, shards_have_video: bool = True) -> str:
+    """A backbone file's own modality; for an export folder or random init, 'both' (or 'audio' for
+    audio-only shards)."""
     if source is None or Path(source).is_dir():
-        return "both"
+        return "both" if shards_have_video else "audio"
     return _read_meta(Path(source))["modality"]

@@ -74,9 +74,11 @@ def _rows(batch, modality: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray, n
 
 
 def extract_in_memory(backbones: list[EvalBackbone], shards: ShardSet, data_cfg, device: torch.device,
-                      progress=None, rank: int = 0, world_size: int = 1) -> dict[str, FeatureSet]:
+                      progress=None, rank: int = 0, world_size: int = 1,
+                      multi_label_classes: int | None = None) -> dict[str, FeatureSet]:
     """The FeatureSet of each backbone's modality over `shards` (this rank's share of them), one
-    evaluation pass; video_index counts from 0."""
+    evaluation pass; video_index counts from 0. multi_label_classes: C for a multi-label set, whose
+    labels become (V, C) multi-hot rows."""
     from dali_pipelines.evaluation import eval_loader
 
     modalities = [b.modality for b in backbones]
@@ -91,7 +93,8 @@ def extract_in_memory(backbones: list[EvalBackbone], shards: ShardSet, data_cfg,
             parts[backbone.modality].append((pooled_features(backbone.encoder, clips, device),
                                              video + first, clip, crop))
         keys += batch.key
-        labels.append(batch.label.cpu().numpy())
+        labels.append(batch.label.cpu().numpy() if multi_label_classes is None
+                      else _multi_hot(batch.label_sets, multi_label_classes))
         if progress is not None:
             progress.update(len(batch))
     labels = np.concatenate(labels)
@@ -99,6 +102,13 @@ def extract_in_memory(backbones: list[EvalBackbone], shards: ShardSet, data_cfg,
                           *(np.concatenate([p[i] for p in rows]) for i in (1, 2, 3)),
                           keys=np.asarray(keys), labels=labels)
             for m, rows in parts.items()}
+
+
+def _multi_hot(label_sets: list[tuple[int, ...]], classes: int) -> np.ndarray:
+    rows = np.zeros((len(label_sets), classes), np.uint8)
+    for row, ids in zip(rows, label_sets):
+        row[list(ids)] = 1
+    return rows
 
 
 class FeatureExtraction:
@@ -177,7 +187,10 @@ class FeatureExtraction:
         return self._finish(len(chunks))
 
     def _extract_chunk(self, chunk: ShardSet, progress) -> dict[str, FeatureSet]:
-        return extract_in_memory(self.backbones, chunk, self.cfg.data, self.device, progress)
+        manifest = self.manifest or {}
+        classes = manifest.get("num_classes") if manifest.get("multi_label") else None
+        return extract_in_memory(self.backbones, chunk, self.cfg.data, self.device, progress,
+                                 multi_label_classes=classes)
 
     def _finish(self, chunk_count: int) -> dict:
         """Join the chunks into one file per modality, write features.json, drop the partial folder."""
