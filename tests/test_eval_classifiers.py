@@ -99,6 +99,9 @@ def test_average_per_video_by_hand():
     assert topk_accuracy(per_video, np.array([1, 2]), 1) == 100.0
     assert topk_accuracy(per_video, np.array([1, 0]), 1) == 50.0
     assert topk_accuracy(per_video, np.array([1, 0]), 5) is None
+    six = np.array([[6.0, 5, 4, 3, 2, 1]])  # the label ranks 6th of 6 columns
+    assert topk_accuracy(six, np.array([5]), 5) == 0.0
+    assert topk_accuracy(six, np.array([5]), 5, classes=5) is None  # only 5 classes were trained: top-5 is moot
 
 
 def test_linear_probe_averages_softmax_over_clips(tmp_path):
@@ -211,7 +214,8 @@ def test_knn_classifies_videos_by_their_mean_feature(tmp_path):
 
 def test_both_modalities_joined_by_key_and_clip(tmp_path):
     video = feature_set([(0, 0, 0, [3, 0]), (0, 0, 1, [0, 4]), (0, 1, 0, [1, 0]), (0, 1, 1, [1, 0]),
-                         (1, 0, 0, [0, 2]), (1, 0, 1, [0, 5]), (1, 1, 0, [2, 0]), (1, 1, 1, [0, 2])], [0, 1], ["a", "b"])
+                         (1, 0, 0, [0, 2]), (1, 0, 1, [0, 5]), (1, 1, 0, [2, 0]), (1, 1, 1, [0, 2])],
+                        [0, 1], ["a", "b"])
     # the audio file lists the videos the other way round, and its rows out of order
     audio = feature_set([(1, 1, 0, [0, 0, 9]), (0, 0, 0, [0, 2, 0]), (1, 0, 0, [5, 0, 0]), (0, 1, 0, [0, 0, 1])],
                         [1, 0], ["b", "a"])
@@ -221,7 +225,8 @@ def test_both_modalities_joined_by_key_and_clip(tmp_path):
     # video: each crop L2-normalised, then the clip's crops averaged; audio: L2-normalised
     expected = {("a", 0): [0.5, 0.5, 1, 0, 0], ("a", 1): [1, 0, 0, 0, 1],
                 ("b", 0): [0, 1, 0, 1, 0], ("b", 1): [0.5, 0.5, 0, 0, 1]}
-    got = {(str(joined.keys[v]), int(c)): row for v, c, row in zip(joined.video_index, joined.clip_index, joined.features)}
+    got = {(str(joined.keys[v]), int(c)): row
+           for v, c, row in zip(joined.video_index, joined.clip_index, joined.features)}
     assert set(got) == set(expected)
     for pair, row in expected.items():
         np.testing.assert_allclose(got[pair], row, atol=1e-6, err_msg=str(pair))
@@ -237,7 +242,8 @@ def test_both_modalities_refuse_rows_or_labels_that_do_not_match(tmp_path):
         concatenate_modalities(video, audio)
     relabelled = feature_set([(0, 0, 0, [1]), (0, 1, 0, [1]), (1, 0, 0, [1])], [0, 0], ["a", "b"])
     relabelled.path = "f/audio.npz"
-    with pytest.raises(FeatureFileError, match="f/video.npz and f/audio.npz: key 'b' has label 1 in the video file but 0 in the audio"):
+    with pytest.raises(FeatureFileError,
+                       match="f/video.npz and f/audio.npz: key 'b' has label 1 in the video file but 0 in the audio"):
         concatenate_modalities(video, relabelled)
 
 

@@ -80,8 +80,9 @@ def make_result(args, pair, protocol: str, **values):
 
 def command_line(args) -> str:
     words = ["xkd", "eval", args.eval_command, str(args.train), str(args.test)]
+    skipped = ("train", "test", "func", "command", "eval_command", "local_rank")
     for name, value in sorted(vars(args).items()):
-        if name in ("train", "test", "func", "command", "eval_command", "local_rank") or value is None or value is False:
+        if name in skipped or value is None or value is False:
             continue
         if isinstance(value, (list, tuple)):
             value = ",".join(f"{v:g}" for v in value)

@@ -1,5 +1,5 @@
 """`xkd eval knn TRAIN TEST`: weighted cosine kNN (DINO's k=20, T=0.07) on per-video features, the
-mean of each video's clips and crops, L2-normalised (docs/method.md § Evaluation)."""
+mean of each video's clips and crops, L2-normalised (docs/method.md §Evaluation)."""
 from __future__ import annotations
 
 from xkd.commands.checks import positive_float, positive_int
@@ -37,7 +37,7 @@ def run(args) -> int:
     votes = knn_votes(train_features, train_labels, test_features, args.k, args.temperature,
                       pair.num_classes).numpy()
     result = make_result(args, pair, "knn", top1=topk_accuracy(votes, test_labels, 1),
-                         top5=topk_accuracy(votes, test_labels, 5),
+                         top5=topk_accuracy(votes, test_labels, 5, pair.train_classes),
                          settings={"k": min(args.k, len(train_features)), "temperature": args.temperature,
                                    "features": "per video: mean over clips and crops, L2-normalised"})
     return finish(args, pair, [result])

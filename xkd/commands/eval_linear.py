@@ -1,6 +1,6 @@
 """`xkd eval linear TRAIN TEST`: a linear classifier trained on frozen features; cross-entropy and
 top-1/top-5, or for multi-label sets (FSD50K) binary cross-entropy and macro mAP
-(docs/method.md § Evaluation)."""
+(docs/method.md §Evaluation)."""
 from __future__ import annotations
 
 from xkd.commands.checks import positive_float, positive_int

@@ -1,5 +1,5 @@
 """`xkd eval svm TRAIN TEST`: linear SVM on frozen features, C chosen by cross-validation on TRAIN;
-the authors' pick (best C on TEST) reported beside it (docs/method.md § Evaluation)."""
+the authors' pick (best C on TEST) reported beside it (docs/method.md §Evaluation)."""
 from __future__ import annotations
 
 import argparse
