@@ -21,6 +21,7 @@ INSTALL_REQUIRES = TORCH + [
     "safetensors==0.8.0",
     "psutil==7.2.2",  # memory of a process and its workers (benchmarks, training logs)
     "tensorboard==2.21.0",  # training logs
+    "scikit-learn==1.9.1",  # evaluation: the linear SVM, its cross-validation folds, average precision
 ]
 TEST_REQUIRES = ["pytest==9.0.3", "scikit-video==1.1.11"]
 

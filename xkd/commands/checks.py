@@ -18,6 +18,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be positive")
+    return value
+
+
 def unwritable_folder(path: str | os.PathLike) -> str | None:
     """Why `path` cannot be, or be made, a folder to write into; None when it can."""
     path = Path(path)
