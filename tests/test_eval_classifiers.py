@@ -17,7 +17,8 @@ from xkd.eval.results import EvalResult, collate, read_results, write_results
 from xkd.eval.scoring import average_per_video, mean_average_precision, topk_accuracy
 from xkd.eval.svm import SvmSettings, evaluate_svm
 
-BACKBONE = {"name": "xkd_tiny-video_teacher", "sha256": "ab" * 32}
+BACKBONE = "run1 teacher"  # features.json's label; its weights are identified per modality by SHA-256
+WEIGHTS = {m: {"kind": "file", "modality": m, "sha256": digit * 64} for m, digit in (("video", "a"), ("audio", "b"))}
 
 
 def feature_set(rows: list[tuple[int, int, int, list[float]]], labels, keys=None) -> FeatureSet:
@@ -34,8 +35,9 @@ def write(folder: Path, fs: FeatureSet, modality: str = "video", **meta) -> Path
     save_features(folder / f"{modality}.npz", fs)
     meta_path = folder / "features.json"
     record = json.loads(meta_path.read_text()) if meta_path.exists() else {
-        "format": "xkd-features", "version": 1, "backbone": BACKBONE, "config": {"name": "xkd_tiny"},
-        "shards": {"path": f"/data/ucf101/fold2/{folder.name}"}, "multi_label": fs.multi_label}
+        "format": "xkd-features", "version": 1, "backbone": BACKBONE, "backbones": WEIGHTS,
+        "config": {"name": "xkd_tiny"}, "shards": {"location": f"/data/ucf101/fold2/{folder.name}"},
+        "multi_label": fs.multi_label}
     record.update(meta)
     meta_path.write_text(json.dumps(record))
     return folder
@@ -258,7 +260,7 @@ def test_command_writes_result_named_from_features_json(run_cli, tmp_path, capsy
     results = read_results(test / "result-svm-video.json")
     assert [r.protocol for r in results] == ["svm-cv", "svm-authors"]
     cv = results[0]
-    assert (cv.dataset, cv.fold, cv.backbone, cv.config, cv.modality) == ("ucf101", "2", BACKBONE["name"], "xkd_tiny",
+    assert (cv.dataset, cv.fold, cv.backbone, cv.config, cv.modality) == ("ucf101", "2", BACKBONE, "xkd_tiny",
                                                                           "video")
     assert (cv.n_train, cv.n_test, cv.c_grid, cv.top1) == (36, 18, [0.01, 1.0], 100.0)
     assert cv.chosen_c in cv.c_grid and cv.settings["cv_folds"] == 2
@@ -324,7 +326,7 @@ def _bad_test_folder(tmp_path, kind: str) -> tuple[Path, str]:
     if kind == "width":
         return write(folder, blobs(3, 2, 2, 6, 0.1, seed=2)), "6-d features"
     if kind == "backbone":
-        return write(folder, blobs(3, 2, 2, 8, 0.1, seed=2), backbone={"name": "other", "sha256": "cd" * 32}), \
+        return write(folder, blobs(3, 2, 2, 8, 0.1, seed=2), backbones={**WEIGHTS, "video": {"sha256": "c" * 64}}), \
             "another backbone"
     if kind == "absent_class":
         return write(folder, blobs(4, 2, 2, 8, 0.1, seed=2), classes=None), "never occur in the training split"

@@ -57,13 +57,6 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.features)
 
-    def video_means(self) -> np.ndarray:
-        """(V, D): each video's features averaged over its clips and crops."""
-        sums = np.zeros((len(self.keys), self.dim), np.float64)
-        np.add.at(sums, self.video_index, self.features)
-        counts = np.bincount(self.video_index, minlength=len(self.keys))[:, None]
-        return (sums / np.maximum(counts, 1)).astype(np.float32)
-
     def row_labels(self) -> np.ndarray:
         """The label of each row (its video's)."""
         return self.labels[self.video_index]

@@ -17,7 +17,6 @@ from xkd.eval.modalities import concatenate_modalities
 
 MODALITY_CHOICES = (*MODALITIES, "both")
 # features.json backbone fields that identify the weights themselves (a copy elsewhere is the same backbone)
-BACKBONE_DIGEST_KEYS = ("sha256", "digest")
 
 
 @dataclass
@@ -56,17 +55,15 @@ def load_modality(location: str | os.PathLike, modality: str | None) -> tuple[Fe
     return features, modality or Path(features.path).stem
 
 
-def backbone_identity(meta: dict) -> str | None:
-    """What must agree between TRAIN and TEST: the weights' digest when features.json has one, else
-    the whole backbone record; None when the file does not say."""
-    backbone = meta.get("backbone")
-    if not backbone:
+def backbone_identity(features: FeatureSet) -> str | None:
+    """What must agree between TRAIN and TEST: the SHA-256 of the backbone's weights (a random-init
+    backbone: its preset, seed and geometry) as features.json records it for this file's modality;
+    None without a features.json."""
+    modality = Path(features.path).stem
+    info = (features.meta.get("backbones") or {}).get(modality)
+    if not info:
         return None
-    if isinstance(backbone, dict):
-        for key in BACKBONE_DIGEST_KEYS:
-            if backbone.get(key):
-                return str(backbone[key])
-    return json.dumps(backbone, sort_keys=True)
+    return info.get("sha256") or json.dumps({k: v for k, v in info.items() if k != "path"}, sort_keys=True)
 
 
 def load_pair(train_location: str | os.PathLike, test_location: str | os.PathLike,
@@ -93,10 +90,10 @@ def check_pair(train: FeatureSet, test: FeatureSet) -> tuple[int, list[str] | No
     if train.dim != test.dim:
         raise FeatureFileError(f"{test.path}: {test.dim}-d features, but {train.path} has {train.dim}-d: "
                                f"not from the same backbone")
-    train_backbone, test_backbone = backbone_identity(train.meta), backbone_identity(test.meta)
+    train_backbone, test_backbone = backbone_identity(train), backbone_identity(test)
     if train_backbone and test_backbone and train_backbone != test_backbone:
         raise FeatureFileError(f"{test.path}: extracted with another backbone than {train.path} "
-                               f"(features.json 'backbone' differs)")
+                               f"(the weights in their features.json differ)")
     names = _class_names(train, test)
     if train.multi_label:
         if train.labels.shape[1] != test.labels.shape[1]:

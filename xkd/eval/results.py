@@ -102,30 +102,14 @@ def read_results(path: str | os.PathLike) -> list[EvalResult]:
 # ---- defaults from features.json ------------------------------------------------------------------
 
 def describe_features(meta: dict, location: str | os.PathLike) -> dict:
-    """Default dataset, fold, backbone and config of a result, from features.json (its "shards",
-    "backbone" and "config" entries) or else from the folder names of LOCATION."""
-    shards_path = _path_of(meta.get("shards"))
-    shards = meta.get("shards") if isinstance(meta.get("shards"), dict) else {}
-    parts = [p for p in Path(shards_path or Path(location).resolve()).parts if p not in ("/", "")]
-    fold = shards.get("fold")
-    if fold is None:
-        found = [m.group(1) for part in parts for m in [_FOLD.search(part)] if m]
-        fold = found[-1] if found else None
-    dataset = shards.get("dataset") or _dataset_from(parts) or "unknown"
-    return {"dataset": str(dataset), "fold": None if fold is None else str(fold),
-            "backbone": _backbone_name(meta.get("backbone")) or "unknown", "config": _config_name(meta.get("config"))}
-
-
-def _path_of(value) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)) and value:
-        return os.path.commonpath([str(v) for v in value]) if all(isinstance(v, str) for v in value) else None
-    if isinstance(value, dict):
-        for key in ("path", "dir", "root", "folder", "paths", "files"):
-            if value.get(key):
-                return _path_of(value[key])
-    return None
+    """Default dataset, fold, backbone and config of a result, from features.json (what
+    `xkd eval features` recorded) or else from the folder names of LOCATION: the dataset is the
+    innermost folder name that is not a split or a fold, the fold a `foldN`/`splitN` name."""
+    shards = meta.get("shards") or {}
+    parts = [p for p in Path(shards.get("location") or Path(location).resolve()).parts if p not in ("/", "")]
+    found = [m.group(1) for part in parts for m in [_FOLD.search(part)] if m]
+    return {"dataset": _dataset_from(parts) or "unknown", "fold": found[-1] if found else None,
+            "backbone": meta.get("backbone") or "unknown", "config": (meta.get("config") or {}).get("name")}
 
 
 def _dataset_from(parts: list[str]) -> str | None:
@@ -134,29 +118,6 @@ def _dataset_from(parts: list[str]) -> str | None:
         stem = Path(part).stem if part.endswith((".npz", ".tar", ".json")) else part
         if stem.lower() not in _GENERIC_NAMES and not _FOLD.fullmatch(stem):
             return stem
-    return None
-
-
-def _backbone_name(backbone) -> str | None:
-    if isinstance(backbone, str):
-        return backbone
-    if not isinstance(backbone, dict):
-        return None
-    if backbone.get("name"):
-        return str(backbone["name"])
-    if backbone.get("random_init"):
-        return f"random-init {backbone['random_init']}"
-    path = _path_of(backbone)
-    return Path(path).stem if path else None
-
-
-def _config_name(config) -> str | None:
-    if isinstance(config, str):
-        return config
-    if isinstance(config, dict):
-        for key in ("name", "preset"):
-            if config.get(key):
-                return str(config[key])
     return None
 
 

@@ -22,6 +22,7 @@ from dali_pipelines.shardset import ShardSet, ShardSetError
 from xkd.config import ExperimentConfig
 from xkd.eval.backbones import EvalBackbone
 from xkd.eval.extract import extract_in_memory
+from xkd.eval.scoring import average_per_video
 from xkd.train.distributed import all_gather_objects
 
 
@@ -63,7 +64,10 @@ class KnnMonitor:
         backbones = [EvalBackbone(m, getattr(self.teachers, m), {}) for m in self.modalities]
         sets = extract_in_memory(backbones, shards, self.data, self.device, rank=self.rank,
                                  world_size=self.world_size)
-        local = {m: (fs.keys, fs.labels, fs.video_means()) for m, fs in sets.items()}
+        local = {}
+        for modality, fs in sets.items():
+            videos, means = average_per_video(fs.features, fs.video_index)
+            local[modality] = (fs.keys[videos], fs.labels[videos], means)
         gathered = all_gather_objects(local)
         out = {}
         for modality in self.modalities:
@@ -73,7 +77,7 @@ class KnnMonitor:
         return out
 
     def run(self) -> dict[str, float]:
-        """{'knn_top1_video': ..., 'knn_top1_audio': ..., 'knn_seconds': ...}, on every rank."""
+        """{'knn_top1_video': ..., 'knn_top1_audio': ... (percent), 'knn_seconds': ...}, on every rank."""
         from xkd.eval.knn import knn_top1
 
         started = time.perf_counter()
@@ -84,8 +88,8 @@ class KnnMonitor:
         for modality in self.modalities:
             _, train_labels, train_feats = train[modality]
             _, test_labels, test_feats = test[modality]
-            record[f"knn_top1_{modality}"] = float(knn_top1(
-                torch.from_numpy(train_feats), torch.from_numpy(train_labels), torch.from_numpy(test_feats),
-                torch.from_numpy(test_labels), k=self.k, temperature=self.temperature))
+            record[f"knn_top1_{modality}"] = knn_top1(train_feats, train_labels, test_feats, test_labels,
+                                                      k=self.k, temperature=self.temperature)
+        record["knn_videos_train"], record["knn_videos_test"] = len(train_labels), len(test_labels)
         record["knn_seconds"] = time.perf_counter() - started
         return record

@@ -353,7 +353,7 @@ class Trainer:
         record = self.knn.run()
         self.window.pause(record["knn_seconds"])
         self.log.write(self.state.step, {"epoch": epoch, **record})
-        scores = ", ".join(f"{k.removeprefix('knn_top1_')} {v:.1%}" for k, v in record.items() if k.startswith("knn_top1"))
+        scores = ", ".join(f"{k.removeprefix('knn_top1_')} {v:.1f}%" for k, v in record.items() if k.startswith("knn_top1"))
         self._say(f"epoch {epoch}: kNN top-1 {scores} ({record['knn_seconds']:.1f} s)")
 
     def _skip_nonfinite(self, event: str, epoch: int, bad: list[str]) -> None:
