@@ -94,3 +94,16 @@ def test_two_processes_score_what_the_exported_teachers_score(micro_shards, held
         offline = json.loads(result.read_text())
         offline = offline["results"][0]
         assert offline["top1"] == pytest.approx(logged[f"knn_top1_{modality}"], abs=1e-6), modality
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["train.knn_every_epochs=1"], "train.knn_every_epochs=1 needs train.knn_train_shards and train.knn_test_shards"),
+    (["train.knn_every_epochs=1", "train.knn_train_shards=/nowhere", "train.knn_test_shards=/nowhere"],
+     "kNN monitor: "),
+])
+def test_a_monitor_without_its_shards_is_refused(micro_shards, tmp_path, sets, message):
+    args = ["pretrain", *MICRO, "--shards", str(micro_shards), "--out", str(tmp_path / "run")]
+    for item in sets:
+        args += ["--set", item]
+    done = subprocess.run([sys.executable, "-m", "xkd", *args], env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
