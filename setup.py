@@ -1,4 +1,4 @@
-"""Install the XKD packages (xkd, shards, dali_pipelines) and the `xkd` command.
+"""Install the XKD packages (xkd, shards, dali_pipelines, benchmarks) and the `xkd` command.
 
 torch must already be installed (DeepSpeed's build imports it): use ./install.sh, which installs
 torch first and then this package with `--no-build-isolation`.
@@ -22,6 +22,7 @@ INSTALL_REQUIRES = TORCH + [
     "psutil==7.2.2",  # memory of a process and its workers (benchmarks, training logs)
     "tensorboard==2.21.0",  # training logs
     "scikit-learn==1.9.1",  # evaluation: the linear SVM, its cross-validation folds, average precision
+    "matplotlib==3.11.2",  # the charts of `xkd bench`
 ]
 TEST_REQUIRES = ["pytest==9.0.3", "scikit-video==1.1.11"]
 
@@ -30,7 +31,8 @@ setup(
     version="0.1.0",
     description="XKD cross-modal knowledge distillation: shards, DALI pipelines, DeepSpeed pretraining",
     python_requires=">=3.10",
-    packages=find_packages(include=["xkd", "xkd.*", "shards", "shards.*", "dali_pipelines", "dali_pipelines.*"]),
+    packages=find_packages(include=["xkd", "xkd.*", "shards", "shards.*", "dali_pipelines", "dali_pipelines.*",
+                                    "benchmarks", "benchmarks.*"]),  # benchmarks: behind `xkd bench`
     # presets and DeepSpeed configs; the class lists of `xkd shards create --classes-from`
     package_data={"xkd": ["configs/*.yaml", "deepspeed_configs/*.json"], "shards": ["lists/*.txt"]},
     install_requires=INSTALL_REQUIRES,

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script from a checkout: its packages (benchmarks/ too) without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report import report  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 from xkd.config import load_config  # noqa: E402
 from xkd.models import build_xkd, set_fused_attention  # noqa: E402
 from xkd.models.synthetic import synthetic_batch  # noqa: E402
@@ -78,8 +78,15 @@ def make_step(model, optimizer, device):
     return step
 
 
-def time_calls(fn, warmup: int, iters: int, device: torch.device) -> float:
-    """Best (minimum) seconds per call: on a shared machine, other processes only ever add time."""
+def prepare_device(device: torch.device) -> None:
+    """TF32 for the fp32 matrix products left outside bf16 autocast on a GPU (as training runs them)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def call_seconds(fn, warmup: int, iters: int, device: torch.device) -> list[float]:
+    """Seconds of each of `iters` calls after `warmup` untimed ones, the device synchronised."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -89,7 +96,12 @@ def time_calls(fn, warmup: int, iters: int, device: torch.device) -> float:
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def time_calls(fn, warmup: int, iters: int, device: torch.device) -> float:
+    """Best (minimum) seconds per call: on a shared machine, other processes only ever add time."""
+    return min(call_seconds(fn, warmup, iters, device))
 
 
 def time_interleaved(fn_a, fn_b, warmup: int, iters: int, device: torch.device) -> tuple[float, float]:
@@ -211,9 +223,7 @@ def main(argv=None) -> int:
     iters = args.iters or (20 if on_gpu else 5)
     warmup = args.warmup or (5 if on_gpu else 2)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if on_gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    prepare_device(device)
     torch.manual_seed(0)
 
     per_variant = {}

@@ -39,14 +39,14 @@ from pathlib import Path
 import psutil
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script from a checkout: its packages (benchmarks/ too) without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dali_pipelines.config import DataConfig  # noqa: E402
 from dali_pipelines.loader import pretrain_loader  # noqa: E402
 from dali_pipelines.reference import reference_loader  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
-from report import report  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 
 MEMORY_WARMUP_REBUILDS = 10  # the heap and DALI's buffers reach their working size within a few
 

@@ -24,17 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script from a checkout: its packages (benchmarks/ too) without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
-from bench_pipeline import make_shards  # noqa: E402
+from benchmarks.bench_pipeline import make_shards  # noqa: E402
 from dali_pipelines.config import DataConfig  # noqa: E402
 from dali_pipelines.ops import audio_view  # noqa: E402
 from dali_pipelines.pretrain import decode_clip, decode_waveform, pretrain_pipeline, read_shards  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
-from report import report  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 
 STAGES = ("read", "flac", "log_mel", "video", "full")
 

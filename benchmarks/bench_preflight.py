@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script from a checkout: its packages (benchmarks/ too) without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report import report  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 from dali_pipelines.shardset import PRETRAINING, ShardSet  # noqa: E402
 from shards.format import FORMAT, MANIFEST, format_index  # noqa: E402
 

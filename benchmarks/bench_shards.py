@@ -29,10 +29,10 @@ from pathlib import Path
 
 import av
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script from a checkout: its packages (benchmarks/ too) without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report import report  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 from shards.create import create_shards  # noqa: E402
 from shards.inputs import load_inputs  # noqa: E402
 from shards.options import ShardOptions  # noqa: E402

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script from a checkout: its packages (benchmarks/ too) without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_pipeline import make_shards, repeat_shards  # noqa: E402
-from report import report  # noqa: E402
+from benchmarks.bench_pipeline import make_shards, repeat_shards  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 from dali_pipelines.batch import TrainingBatch  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
 from xkd.config import load_config  # noqa: E402
@@ -66,6 +66,26 @@ class RepeatedBatch:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
+
+
+def bench_config(config: str, batch_size: int, warmup: int, steps: int, loader: str = "dali",
+                 overrides: list[str] = ()):
+    """The experiment config of a timed run: `warmup + steps` optimiser steps, each one logged, no
+    checkpoint before the last step."""
+    return load_config(config, [*overrides, f"data.batch_size={batch_size}", f"train.loader={loader}",
+                                f"train.max_steps={warmup + steps}", "train.log_every_steps=1",
+                                f"train.checkpoint_every_steps={10**9}"])
+
+
+def samples_needed(cfg, warmup: int, steps: int, process) -> int:
+    """Samples an epoch must hold for the warm-up and timed steps to fall in one epoch (every epoch
+    builds a new DALI pipeline)."""
+    return (warmup + steps + 1) * cfg.data.batch_size * cfg.train.grad_accumulation * process.world_size
+
+
+def long_enough(made: ShardSet, folder: Path, samples: int) -> str:
+    """`made` listed as often as it takes to hold `samples` samples (links under `folder`)."""
+    return repeat_shards(made, folder, -(-samples // made.samples))
 
 
 def measure(cfg, shards: str, process, ds_path: str, warmup: int, one_batch: bool) -> dict:
@@ -124,16 +144,13 @@ def main(argv=None) -> int:
     steps = args.steps or (100 if on_gpu else 30)
     warmup = args.warmup or (20 if on_gpu else 5)
     ds_path = args.deepspeed_config or str(default_config_path(on_gpu))
-    cfg = load_config(args.config, [*args.set, f"data.batch_size={batch_size}", f"train.loader={args.loader}",
-                                    f"train.max_steps={warmup + steps}", "train.log_every_steps=1",
-                                    f"train.checkpoint_every_steps={10**9}"])
+    cfg = bench_config(args.config, batch_size, warmup, steps, args.loader, args.set)
     scratch = tempfile.TemporaryDirectory(prefix="bench-train-")
-    samples = (warmup + steps + 1) * batch_size * cfg.train.grad_accumulation * process.world_size
     if args.shards:
         shards = args.shards
     else:
         made = ShardSet.from_path(str(make_shards(Path(scratch.name), args.clips)))
-        shards = repeat_shards(made, Path(scratch.name) / "repeated", -(-samples // made.samples))
+        shards = long_enough(made, Path(scratch.name) / "repeated", samples_needed(cfg, warmup, steps, process))
 
     runs = {}
     for name, one_batch in (("e2e", False), ("model_only", True)):

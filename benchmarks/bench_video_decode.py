@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script from a checkout: its packages (benchmarks/ too) without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nvidia.dali import pipeline_def  # noqa: E402
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy  # noqa: E402
 from nvidia.dali.plugin.pytorch import DALIGenericIterator  # noqa: E402
 
-from bench_pipeline import endless, make_shards, repeat_shards  # noqa: E402
-from report import report  # noqa: E402
+from benchmarks.bench_pipeline import endless, make_shards, repeat_shards  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 from dali_pipelines.config import DataConfig  # noqa: E402
 from dali_pipelines.pretrain import READER, decode_clip, output_names, pretrain_pipeline, read_shards  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,7 +56,27 @@ def machine() -> dict:
     }
     if torch.cuda.is_available():
         description["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        description["gpu_driver"] = gpu_driver()
+        description["cuda_runtime"] = torch.version.cuda
     return description
+
+
+def gpu_driver() -> str:
+    """The NVIDIA driver's version, as the kernel module or nvidia-smi reports it."""
+    try:
+        with open("/proc/driver/nvidia/version") as handle:  # "NVRM version: NVIDIA UNIX ... Kernel Module  580.95.05 ..."
+            words = handle.readline().split()
+        return next(word for word in words if word[:1].isdigit() and "." in word)
+    except (OSError, StopIteration):
+        pass
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.splitlines()[0].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "unknown (neither /proc/driver/nvidia/version nor nvidia-smi answered)"
 
 
 def report(result: dict, out: str | Path | None, gpu_name: str | None = None, stem: str = "") -> None:
