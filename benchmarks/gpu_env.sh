@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Carries the packages an offline GPU machine lacks (DALI, webdataset, DeepSpeed, PyAV, soundfile,
-# scikit-video and their small dependencies) in as few transfers as possible, for a machine whose
-# python3 (3.12) already holds torch 2.11 (cu130), torchaudio, torchvision, timm and numpy.
+# scikit-video, matplotlib and their small dependencies) in as few transfers as possible, for a
+# machine whose python3 (3.12) already holds torch 2.11 (cu130), torchaudio, torchvision, timm, numpy
+# and pillow.
 #
 #   bash benchmarks/gpu_env.sh prepare   # here, with ./install.sh done: writes .gpuenv/p1 .. pN
 #   bash benchmarks/gpu_env.sh install   # there, once every part has arrived: unpacks into /tmp/site
@@ -32,14 +33,15 @@ prepare() {
   pins=$("$venv" - <<'EOF'
 import re
 text = open("setup.py").read()
-for name in ("nvidia-dali-cuda130", "webdataset", "av", "soundfile", "scikit-video"):
+for name in ("nvidia-dali-cuda130", "webdataset", "av", "soundfile", "scikit-video", "matplotlib"):
     print(re.search(rf'"({re.escape(name)}==[^"]+)"', text).group(1))
 EOF
 )
   # shellcheck disable=SC2086
   "$venv" -m pip download -q --no-deps "${target[@]}" -d "$wheels" $pins \
     astunparse gast makefun nvtx optree 'libcst~=1.8' braceexpand hjson \
-    pydantic pydantic-core annotated-types typing-inspection cffi pycparser
+    pydantic pydantic-core annotated-types typing-inspection cffi pycparser \
+    contourpy cycler fonttools kiwisolver pyparsing python-dateutil six
   DS_BUILD_OPS=0 "$venv" -m pip wheel -q --no-deps --no-build-isolation -w "$wheels" \
     "$("$venv" -m pip show deepspeed | sed -n 's/^Version: /deepspeed==/p')"
   "$venv" -m pip install -q --no-deps --no-compile "${target[@]}" --target "$stage/site" "$wheels"/*.whl
@@ -70,7 +72,8 @@ install() {
   done
   PYTHONPATH=$site:$PWD python3 - <<'EOF'
 import importlib
-for name in ("nvidia.dali", "webdataset", "deepspeed", "soundfile", "av", "skvideo", "torch", "timm", "torchaudio", "xkd"):
+for name in ("nvidia.dali", "webdataset", "deepspeed", "soundfile", "av", "skvideo", "torch", "timm", "torchaudio",
+             "matplotlib", "xkd"):
     try:
         module = importlib.import_module(name)
         print(f"  ok   {name} {getattr(module, '__version__', '')}")

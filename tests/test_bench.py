@@ -204,10 +204,17 @@ def report_pair(tmp_path) -> tuple[Path, Path]:
     return tmp_path / "a", tmp_path / "b" / "report.json"
 
 
+def table_rows(printed: str) -> dict[str, list[str]]:
+    """The rows of compare's table, by their first word."""
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("figure"))
+    return {line.split()[0]: line.split()[1:] for line in lines[start + 1:] if line.strip()}
+
+
 def test_compare_prints_the_change_of_every_figure(tmp_path, run_cli, capsys):
     a, b = report_pair(tmp_path)
     assert run_cli("bench", "compare", a, b) == 0
-    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[3:] if line.strip()}
+    rows = table_rows(capsys.readouterr().out)
     assert rows["pipeline.dali_clips_per_s"] == ["100", "150", "+50.0%", "(better)"]
     assert rows["pipeline.ratio_dali_reference"] == ["200.0%", "205.0%", "+2.5%", "(within", "spread)"]
     assert rows["model.clips_per_s"] == ["10", "8", "-20.0%", "(worse)"]
@@ -215,12 +222,28 @@ def test_compare_prints_the_change_of_every_figure(tmp_path, run_cli, capsys):
     assert rows["train"] == ["(stage)", "not", "run", "failed"]
 
 
+def test_a_chart_that_cannot_be_drawn_costs_no_figure(tmp_path, monkeypatch):
+    def broken(report, path):
+        raise ValueError("no such font")
+
+    monkeypatch.setattr("benchmarks.suite.charts.throughput_chart", broken)
+    a, _ = report_pair(tmp_path)
+    report = json.loads((a / "report.json").read_text())
+    assert report["charts"]["throughput"] == {"not_drawn": "drawing failed: ValueError: no such font"}
+    assert report["charts"]["batch_size"] == {"not_drawn": "the model stage measured no batch size"}
+    assert report["stages"]["pipeline"]["figures"]["dali_clips_per_s"]["median"] == 100.0
+    assert "not drawn: drawing failed: ValueError: no such font" in (a / "report.md").read_text()
+    assert not (a / "throughput.png").exists()
+
+
 def test_compare_reads_a_line_of_a_history_file_and_refuses_what_is_not_a_report(tmp_path, run_cli, capsys):
     a, b = report_pair(tmp_path)
     history = tmp_path / "history.jsonl"
     history.write_text((a / "report.json").read_text().replace("\n", "") + "\n" + b.read_text().replace("\n", "") + "\n")
     assert run_cli("bench", "compare", f"{history}:1", f"{history}:-1") == 0
-    assert "pipeline.dali_clips_per_s" in capsys.readouterr().out
+    assert table_rows(capsys.readouterr().out)["pipeline.dali_clips_per_s"][:2] == ["100", "150"]
+    assert run_cli("bench", "compare", f"{history}:2", f"{history}:-2") == 0  # the other way round
+    assert table_rows(capsys.readouterr().out)["pipeline.dali_clips_per_s"][:2] == ["150", "100"]
     (tmp_path / "other.json").write_text('{"dali_clips_per_s": 50}')
     for spec, problem in ((f"{history}:3", "has 2 line(s), no line 3"), (str(history), "name one of its lines"),
                           (str(tmp_path / "other.json"), "not an `xkd bench` report"),

@@ -100,11 +100,19 @@ def e2e_chart(report: dict, path: Path) -> str | None:
 
 
 def draw_charts(report: dict, out: Path) -> dict:
-    """Each chart's file name, or why it was not drawn."""
+    """Each chart's file name, or why it was not drawn (the measured report is written either way)."""
+    import importlib.util
+
     drawn = {}
     for key, draw in (("throughput", throughput_chart), ("batch_size", batch_size_chart),
                       ("e2e_vs_model", e2e_chart)):
-        why = draw(report, out / CHARTS[key])
+        if importlib.util.find_spec("matplotlib") is None:
+            why = "matplotlib is not installed (pip install matplotlib==3.11.2)"
+        else:
+            try:
+                why = draw(report, out / CHARTS[key])
+            except Exception as error:  # a chart that cannot be drawn must not cost the figures
+                why = f"drawing failed: {type(error).__name__}: {error}"
         if why is not None:
             (out / CHARTS[key]).unlink(missing_ok=True)  # an earlier run's chart would pass for this one's
         drawn[key] = {"file": CHARTS[key]} if why is None else {"not_drawn": why}
