@@ -65,8 +65,8 @@ def test_a_quick_cpu_bench_writes_a_complete_report(tmp_path):
         assert f"[bench {stage}] stage" in done.stdout
 
     report = json.loads((out / "report.json").read_text())
-    assert report["command"].startswith("xkd bench --device cpu --preset tiny --stages shards,pipeline,model,train,eval "
-                                        "--repeats 2")
+    assert report["command"].startswith(
+        "xkd bench --device cpu --preset tiny --stages shards,pipeline,model,train,eval --repeats 2")
     assert len(report["commit"]["sha"]) == 40
     assert report["machine"]["cores"] and report["machine"]["cpu"] and "torch" in report["machine"]["libraries"]
     expected = {"shards": {"realtime_factor_per_worker", "bare_transcode_realtime_factor", "share_of_bare_transcode"},
@@ -239,7 +239,7 @@ def test_a_chart_that_cannot_be_drawn_costs_no_figure(tmp_path, monkeypatch):
 def test_compare_reads_a_line_of_a_history_file_and_refuses_what_is_not_a_report(tmp_path, run_cli, capsys):
     a, b = report_pair(tmp_path)
     history = tmp_path / "history.jsonl"
-    history.write_text((a / "report.json").read_text().replace("\n", "") + "\n" + b.read_text().replace("\n", "") + "\n")
+    history.write_text("".join(json.dumps(json.loads(path.read_text())) + "\n" for path in (a / "report.json", b)))
     assert run_cli("bench", "compare", f"{history}:1", f"{history}:-1") == 0
     assert table_rows(capsys.readouterr().out)["pipeline.dali_clips_per_s"][:2] == ["100", "150"]
     assert run_cli("bench", "compare", f"{history}:2", f"{history}:-2") == 0  # the other way round

@@ -66,9 +66,9 @@ def test_a_non_editable_install_shards_pretrains_and_exports_outside_the_checkou
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["TQDM_DISABLE"] = "1"
     where = subprocess.run(
-        [str(python), "-c", "import sysconfig, dali_pipelines, shards, xkd.commands, xkd.config, "
+        [str(python), "-c", "import sysconfig, benchmarks.suite.run, dali_pipelines, shards, xkd.commands, xkd.config, "
          "xkd.train.ds_config as d; print(sysconfig.get_paths()['purelib'], dali_pipelines.__file__, "
-         "shards.__file__, xkd.commands.__file__, xkd.config.CONFIG_DIR, d.CONFIG_DIR)"],
+         "shards.__file__, xkd.commands.__file__, xkd.config.CONFIG_DIR, d.CONFIG_DIR, benchmarks.suite.run.__file__)"],
         cwd=work, env=env, check=True, capture_output=True, text=True).stdout.split()
     installed, modules = Path(where[0]).resolve(), where[1:]
     assert installed.is_relative_to(tmp_path.resolve())
@@ -84,6 +84,7 @@ def test_a_non_editable_install_shards_pretrains_and_exports_outside_the_checkou
         ["pretrain", "--config", "xkd_tiny", "--shards", "shards", "--out", "run", "--set", "data.batch_size=2",
          "--set", "data.num_threads=1", "--set", "train.max_steps=2", "--set", "train.log_every_steps=1"],
         ["export", "run", "backbones"],
+        ["bench", "--device", "cpu", "--stages", "model", "--quick", "--repeats", "1", "--out", "bench"],
     ]
     for command in commands:
         done = subprocess.run(xkd + command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
@@ -94,3 +95,8 @@ def test_a_non_editable_install_shards_pretrains_and_exports_outside_the_checkou
     assert sorted(p.name for p in (work / "backbones").glob("*.safetensors")) == [
         "audio_student.safetensors", "audio_teacher.safetensors", "video_student.safetensors",
         "video_teacher.safetensors"]
+    bench = json.loads((work / "bench" / "report.json").read_text())  # the bench, installed: no checkout, no history
+    assert bench["stages"]["model"]["status"] == "ok" and bench["commit"]["sha"] is None
+    refused = subprocess.run(xkd + ["bench", "--record", "--out", "bench2"], cwd=work, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 2 and "--history FILE" in refused.stderr, refused.stderr

@@ -155,7 +155,7 @@ def measure_model(ctx: BenchContext) -> StageResult:
     result.add_series("clips_per_s_by_batch", "XKD step", "batch_size", "clips/s", sweep)
     result.details = {"config": cfg.name, "variant": "xkd", "dtype": "bf16 autocast" if on_gpu else "fp32",
                       "warmup_steps": work.model_warmup, "timed_steps_per_repeat": work.model_steps,
-                      "peak_memory_mib": round(bench_model.peak_memory_mib(device), 1),
+                      "peak_memory_mib_over_the_sweep": round(bench_model.peak_memory_mib(device), 1),
                       "inputs": "synthetic batches in the pipelines' view shapes"}
     del model, optimizer, step
     return result
