@@ -40,7 +40,7 @@ def throughput_chart(report: dict, path: Path) -> str | None:
     if not bars and not shards:
         return "no stage measured a throughput"
     panels = 1 + (shards is not None and bool(bars))
-    chart = Figure(figsize=(8, 1.2 + 0.5 * (len(bars) + 2 * (shards is not None))))
+    chart = Figure(figsize=(8, 1.6 + 0.5 * (len(bars) + 2 * (shards is not None))), layout="constrained")
     axes = chart.subplots(panels, 1, squeeze=False, height_ratios=[max(len(bars), 1), 1][:panels])[:, 0]
     if bars:
         labels, figures = zip(*bars)
@@ -65,7 +65,7 @@ def batch_size_chart(report: dict, path: Path) -> str | None:
     points = [p for p in (series or {}).get("points", []) if "median" in p]
     if not points:
         return "the model stage measured no batch size"
-    chart = Figure(figsize=(6, 4))
+    chart = Figure(figsize=(6, 4), layout="constrained")
     ax = chart.subplots()
     ax.errorbar([p["batch_size"] for p in points], [p["median"] for p in points], yerr=_whiskers(points),
                 marker="o", capsize=3)
@@ -87,7 +87,7 @@ def e2e_chart(report: dict, path: Path) -> str | None:
     if not (e2e and alone):
         return "the train stage measured no end-to-end and model-only rates"
     ratio, wait = _figure(report, "train", "ratio_e2e_model_only"), _figure(report, "train", "data_wait_share")
-    chart = Figure(figsize=(5, 4))
+    chart = Figure(figsize=(5, 4), layout="constrained")
     ax = chart.subplots()
     ax.bar([0, 1], [alone["median"], e2e["median"]], yerr=_whiskers([alone, e2e]), capsize=4,
            color=["tab:gray", "tab:blue"])
