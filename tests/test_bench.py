@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +71,8 @@ def test_a_quick_cpu_bench_writes_a_complete_report(tmp_path):
     expected = {"shards": {"realtime_factor_per_worker", "bare_transcode_realtime_factor", "share_of_bare_transcode"},
                 "pipeline": {"dali_clips_per_s", "reference_clips_per_s", "ratio_dali_reference"},
                 "model": {"clips_per_s", "gflops_per_clip", "tflops_per_s"},
-                "train": {"e2e_clips_per_s", "model_only_clips_per_s", "ratio_e2e_model_only", "data_wait_share"}}
+                "train": {"e2e_clips_per_s", "model_only_clips_per_s", "ratio_e2e_model_only", "data_wait_share"},
+                "eval": {"videos_per_s", "video_rows_per_s", "audio_rows_per_s"}}
     for stage, names in expected.items():
         entry = report["stages"][stage]
         assert entry["status"] == "ok", entry
@@ -93,9 +93,10 @@ def test_a_quick_cpu_bench_writes_a_complete_report(tmp_path):
     assert [p["batch_size"] for p in model["series"]["clips_per_s_by_batch"]["points"]] == [1, 2]
     assert set(model["not_measured"]) == {"bf16_matmul_peak_tflops", "share_of_bf16_peak"}
     assert all("no GPU" in m["why"] for m in model["not_measured"].values())
-    eval_stage = report["stages"]["eval"]
-    if eval_stage["status"] != "ok":  # until feature extraction lands
-        assert eval_stage["status"] == "not available" and "xkd.eval.extract" in eval_stage["reason"]
+    features = report["stages"]["eval"]["figures"]  # rows: one per clip (2 per video with --quick) and crop (1)
+    for modality in ("video", "audio"):
+        assert features[f"{modality}_rows_per_s"]["samples"] == pytest.approx(
+            [2 * videos for videos in features["videos_per_s"]["samples"]], rel=1e-4)
     assert [goal["verdict"] for goal in report["goals"]] == ["not judged"] * 3
 
     markdown = (out / "report.md").read_text()
@@ -121,6 +122,7 @@ def test_a_failing_stage_is_reported_and_the_others_still_run(tmp_path, run_cli,
     monkeypatch.setitem(bench_stages.STAGE_FUNCTIONS, "shards", broken)
     monkeypatch.setitem(bench_stages.STAGE_FUNCTIONS, "pipeline", stopped)
     monkeypatch.setitem(bench_stages.STAGE_FUNCTIONS, "model", fixed_stage({"clips_per_s": ([3.0, 5.0], True)}))
+    monkeypatch.setitem(sys.modules, "xkd.eval.extract", None)  # eval: 'not available', at once
     out = tmp_path / "out"
     status = run_cli("bench", "--device", "cpu", "--quick", "--repeats", "2", "--out", out,
                      "--stages", "shards,pipeline,model,eval")
@@ -132,7 +134,7 @@ def test_a_failing_stage_is_reported_and_the_others_still_run(tmp_path, run_cli,
     assert any("disk on fire" in line for line in stages["shards"]["traceback"])
     assert stages["pipeline"]["error"] == "SystemExit: could not make the benchmark shards"
     assert stages["model"]["status"] == "ok" and stages["model"]["figures"]["clips_per_s"]["median"] == 4.0
-    assert stages["eval"]["status"] in ("ok", "not available")  # a real stage after the failures
+    assert stages["eval"]["status"] == "not available"  # the real stage, after the failures
     markdown = (out / "report.md").read_text()
     assert "failed: RuntimeError: disk on fire" in markdown and "| model | clips per s | 4 | 3 – 5 |" in markdown
     assert "FAILED" in capsys.readouterr().out
@@ -153,35 +155,10 @@ def test_shards_that_cannot_be_made_fail_each_stage_that_reads_them_once(tmp_pat
                                                   "benchmark shards")
 
 
-def test_the_eval_stage_times_feature_extraction_once_it_exists(tmp_path, monkeypatch):
-    """Without xkd.eval.extract the stage is 'not available'; with it, the stage calls
-    extract_features(backbones, shards, cfg, device=...) and counts the rows of what it returns."""
-    report = run_bench(settings(tmp_path, ["eval"]), say=lambda message: None)
-    if report["stages"]["eval"]["status"] != "ok":
-        assert report["stages"]["eval"]["status"] == "not available"
-        assert "xkd.eval.extract" in report["stages"]["eval"]["reason"]
-
-    from xkd.eval.feature_file import FeatureSet
-
-    calls = []
-
-    def extract_features(backbones, shards, cfg, *, device):
-        calls.append((backbones, shards, cfg.name, device))
-        rows = np.arange(6)
-        return {m: FeatureSet(np.zeros((6, 4), np.float32), rows // 3, rows % 3, np.zeros(6, np.int64),
-                              np.array(["a", "b"]), np.array([0, 1])) for m in ("video", "audio")}
-
-    monkeypatch.setitem(sys.modules, "xkd.eval.extract", types.SimpleNamespace(extract_features=extract_features))
-    monkeypatch.setitem(sys.modules, "xkd.eval.backbones",
-                        types.SimpleNamespace(resolve_backbones=lambda source, modality, cfg: [source, modality]))
-    monkeypatch.setattr(bench_stages.BenchContext, "shard_set", lambda self: "SHARDS")
+def test_without_feature_extraction_the_eval_stage_says_it_is_not_available(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "xkd.eval.extract", None)  # as in a version of xkd without it
     entry = run_bench(settings(tmp_path, ["eval"]), say=lambda message: None)["stages"]["eval"]
-    assert entry["status"] == "ok", entry
-    assert calls == [([None, "both"], "SHARDS", "xkd_tiny", torch.device("cpu"))] * 3  # warm-up + 2 repeats
-    assert set(entry["figures"]) == {"videos_per_s", "video_rows_per_s", "audio_rows_per_s"}
-    for repeat in range(2):  # the same seconds divide 2 videos and 6 rows
-        videos, rows = (entry["figures"][k]["samples"][repeat] for k in ("videos_per_s", "video_rows_per_s"))
-        assert rows == pytest.approx(3 * videos, rel=1e-4)
+    assert entry["status"] == "not available" and "xkd.eval.extract" in entry["reason"]
 
 
 def report_pair(tmp_path) -> tuple[Path, Path]:

@@ -116,7 +116,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {stage} | {entry['status']} | {entry.get('seconds', '–')} | {said} |")
     lines += ["", "## Charts", ""]
     for chart in report.get("charts", {}).values():
-        lines.append(f"![{chart['file']}]({chart['file']})" if "file" in chart else f"- not drawn: {chart['not_drawn']}")
+        lines.append(f"![{chart['file']}]({chart['file']})" if "file" in chart
+                     else f"- not drawn: {chart['not_drawn']}")
     return "\n".join(lines) + "\n"
 
 
