@@ -161,6 +161,21 @@ def test_without_feature_extraction_the_eval_stage_says_it_is_not_available(tmp_
     assert entry["status"] == "not available" and "xkd.eval.extract" in entry["reason"]
 
 
+def test_goals_are_judged_on_a_gpu_run_where_they_apply():
+    from benchmarks.suite.goals import judge
+
+    stages = {"pipeline": {"status": "ok", "figures": {"dali_clips_per_s": {"median": 1500.0}}},
+              "model": {"status": "ok", "figures": {"share_of_bf16_peak": {"median": 0.5}}},
+              "train": {"status": "failed", "error": "RuntimeError: NCCL timeout"}}
+    rows = judge({"settings": {"device": "cuda", "preset": "base"}, "stages": stages})
+    assert [(r["verdict"], r.get("median")) for r in rows] == [("missed", 1500.0), ("met", 0.5), ("not judged", None)]
+    assert rows[2]["why"] == "stage train: failed: RuntimeError: NCCL timeout"
+    rows = judge({"settings": {"device": "cuda", "preset": "tiny"}, "stages": stages})
+    assert [r["verdict"] for r in rows] == ["missed", "not judged", "not judged"] and "ViT-B" in rows[1]["why"]
+    rows = judge({"settings": {"device": "cpu", "preset": "base"}, "stages": stages})
+    assert {r["verdict"] for r in rows} == {"not judged"} and "per GPU" in rows[0]["why"]
+
+
 def report_pair(tmp_path) -> tuple[Path, Path]:
     """Two reports from stages with fixed samples, written as the command writes them."""
     a = run_bench(settings(tmp_path, ["pipeline", "model"]), say=lambda message: None, stage_functions={
