@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script from a checkout: its packages (benchmarks/ too) without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_pipeline import make_shards  # noqa: E402
+from benchmarks.bench_pipeline import make_shards  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
-from report import report  # noqa: E402
 
 
 def measure_feature_extraction(shards: str, preset: str, device: torch.device, *, modality: str = "both",

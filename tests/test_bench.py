@@ -72,7 +72,7 @@ def test_a_quick_cpu_bench_writes_a_complete_report(tmp_path):
                 "pipeline": {"dali_clips_per_s", "reference_clips_per_s", "ratio_dali_reference"},
                 "model": {"clips_per_s", "gflops_per_clip", "tflops_per_s"},
                 "train": {"e2e_clips_per_s", "model_only_clips_per_s", "ratio_e2e_model_only", "data_wait_share"},
-                "eval": {"videos_per_s", "video_rows_per_s", "audio_rows_per_s"}}
+                "eval": {"clips_per_s", "videos_per_s"}}
     for stage, names in expected.items():
         entry = report["stages"][stage]
         assert entry["status"] == "ok", entry
@@ -93,10 +93,9 @@ def test_a_quick_cpu_bench_writes_a_complete_report(tmp_path):
     assert [p["batch_size"] for p in model["series"]["clips_per_s_by_batch"]["points"]] == [1, 2]
     assert set(model["not_measured"]) == {"bf16_matmul_peak_tflops", "share_of_bf16_peak"}
     assert all("no GPU" in m["why"] for m in model["not_measured"].values())
-    features = report["stages"]["eval"]["figures"]  # rows: one per clip (2 per video with --quick) and crop (1)
-    for modality in ("video", "audio"):
-        assert features[f"{modality}_rows_per_s"]["samples"] == pytest.approx(
-            [2 * videos for videos in features["videos_per_s"]["samples"]], rel=1e-4)
+    features = report["stages"]["eval"]["figures"]  # 2 clips per video with --quick, 1 crop each
+    assert features["clips_per_s"]["samples"] == pytest.approx(
+        [2 * videos for videos in features["videos_per_s"]["samples"]], rel=1e-4)
     assert [goal["verdict"] for goal in report["goals"]] == ["not judged"] * 3
 
     markdown = (out / "report.md").read_text()

@@ -11,7 +11,7 @@ CHARTS = {"throughput": "throughput.png", "batch_size": "clips_per_s_by_batch.pn
           "e2e_vs_model": "e2e_vs_model_only.png"}
 THROUGHPUT = (  # (stage, figure), in the order data flows
     ("pipeline", "dali_clips_per_s"), ("pipeline", "reference_clips_per_s"), ("model", "clips_per_s"),
-    ("train", "model_only_clips_per_s"), ("train", "e2e_clips_per_s"), ("eval", "videos_per_s"),
+    ("train", "model_only_clips_per_s"), ("train", "e2e_clips_per_s"), ("eval", "clips_per_s"),
 )
 
 

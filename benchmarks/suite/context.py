@@ -21,6 +21,7 @@ class BenchContext:
         self.stage = ""
         self._say = say or (lambda message: print(message, flush=True))
         self._shards = None
+        self._shards_location = settings.shards
         self._shards_problem: str | None = None
 
     def progress(self, message: str) -> None:
@@ -37,11 +38,17 @@ class BenchContext:
                 if self.settings.shards:
                     self._shards = ShardSet.from_path(self.settings.shards, needs=PRETRAINING)
                 else:
-                    self._shards = ShardSet.from_path(str(self._make_shards()), needs=PRETRAINING)
+                    self._shards_location = str(self._make_shards())
+                    self._shards = ShardSet.from_path(self._shards_location, needs=PRETRAINING)
             except (Exception, SystemExit) as error:
                 self._shards_problem = f"{type(error).__name__}: {error}"
                 raise
         return self._shards
+
+    def shard_location(self) -> str:
+        """The shard set's folder or pattern (for the functions that open it themselves)."""
+        self.shard_set()
+        return self._shards_location
 
     def _make_shards(self) -> Path:
         """bench_pipeline's shard set: whole, equal shards, one per reference-loader worker, so that every

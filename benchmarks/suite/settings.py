@@ -30,14 +30,14 @@ class Workload:
     train_warmup: int  # optimiser steps
     train_steps: int
     eval_batch: int  # videos per evaluation batch
-    eval_clips: int | None  # clips per video (None: the preset's data.eval_clips)
+    eval_clips: int  # clips per video, one crop each
 
 
 WORKLOADS = {
     ("cpu", False): Workload(corpus_files=2, corpus_copies=2, clips=16, pipeline_batch=8, pipeline_warmup=4,
                              pipeline_batches=16, reference_batches=16, pipeline_repeat=4, model_batch=4,
                              model_batches=(1, 2, 4, 8), model_warmup=2, model_steps=3, train_batch=4,
-                             train_warmup=5, train_steps=20, eval_batch=4, eval_clips=None),
+                             train_warmup=5, train_steps=20, eval_batch=4, eval_clips=10),
     ("cpu", True): Workload(corpus_files=1, corpus_copies=1, clips=4, pipeline_batch=2, pipeline_warmup=1,
                             pipeline_batches=2, reference_batches=2, pipeline_repeat=1, model_batch=2,
                             model_batches=(1, 2), model_warmup=1, model_steps=1, train_batch=2, train_warmup=1,
@@ -45,7 +45,7 @@ WORKLOADS = {
     ("cuda", False): Workload(corpus_files=2, corpus_copies=2, clips=48, pipeline_batch=32, pipeline_warmup=30,
                               pipeline_batches=200, reference_batches=20, pipeline_repeat=32, model_batch=32,
                               model_batches=(8, 16, 32, 64, 128), model_warmup=5, model_steps=10, train_batch=32,
-                              train_warmup=20, train_steps=100, eval_batch=32, eval_clips=None),
+                              train_warmup=20, train_steps=100, eval_batch=32, eval_clips=10),
     ("cuda", True): Workload(corpus_files=1, corpus_copies=1, clips=16, pipeline_batch=8, pipeline_warmup=2,
                              pipeline_batches=10, reference_batches=4, pipeline_repeat=2, model_batch=8,
                              model_batches=(8, 16), model_warmup=2, model_steps=3, train_batch=8, train_warmup=2,

@@ -210,53 +210,29 @@ def measure_train(ctx: BenchContext) -> StageResult:
 
 
 def measure_eval(ctx: BenchContext) -> StageResult:
-    """Feature extraction as `xkd eval features` does it (`xkd.eval.extract.extract_in_memory`: the
-    DALI evaluation pipeline and the pooled encoder output, no files) over the shard set, by the
-    preset's encoders at random initialisation: videos/s, and rows (one clip in one crop) per second of
-    each modality, both modalities extracted in the same pass."""
-    import time
-
-    try:
-        from xkd.eval.backbones import resolve_backbones
-        from xkd.eval.extract import extract_in_memory
-    except ImportError as error:
-        raise Unavailable(f"feature extraction (xkd.eval.extract) is not in this version of xkd: {error}") from None
-    from xkd.config import load_config
+    """Feature extraction as `xkd eval features` does it, in memory (bench_eval.py: the evaluation
+    pipeline and the pooled forward of both encoders, the preset's at random initialisation): clips
+    (one clip in one crop of a video) and videos per second, one sample per timed pass over the shards."""
+    if importlib.util.find_spec("xkd.eval.extract") is None:
+        raise Unavailable("feature extraction (xkd.eval.extract) is not in this version of xkd")
+    from benchmarks import bench_eval
 
     work = ctx.workload
-    overrides = [f"data.batch_size={work.eval_batch}", f"data.num_threads={ctx.settings.threads}"]
-    cfg = load_config(ctx.settings.config, overrides + ([f"data.eval_clips={work.eval_clips}"] if work.eval_clips
-                                                        else []))
-    shards = ctx.shard_set()
-    backbones = resolve_backbones(None, "both", cfg)
-    for backbone in backbones:
-        backbone.encoder.to(ctx.device)
-
-    def extract() -> tuple[float, dict]:
-        started = time.perf_counter()
-        features = extract_in_memory(backbones, shards, cfg.data, ctx.device)
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)
-        return time.perf_counter() - started, features
-
-    ctx.progress(f"warm-up pass over {shards.samples} videos, {cfg.data.eval_clips} clips x {cfg.data.eval_crops} "
-                 "crop(s) each")
-    extract()
-    videos, rates = [], {}
-    for repeat in range(ctx.settings.repeats):
-        seconds, features = extract()
-        videos.append(len(next(iter(features.values())).keys) / seconds)
-        for modality, feature_set in features.items():
-            rates.setdefault(modality, []).append(len(feature_set) / seconds)
-        ctx.progress(f"round {repeat + 1}/{ctx.settings.repeats}: {videos[-1]:.2f} videos/s, " +
-                     ", ".join(f"{m} {r[-1]:.1f} rows/s" for m, r in rates.items()))
+    ctx.shard_set()
+    ctx.progress(f"one warm-up and {ctx.settings.repeats} timed pass(es), {work.eval_clips} clips x 1 crop per video")
+    measured = bench_eval.measure_feature_extraction(
+        ctx.shard_location(), ctx.settings.preset, ctx.device, modality="both", clips=work.eval_clips, crops=1,
+        batch_size=work.eval_batch, threads=ctx.settings.threads, passes=ctx.settings.repeats)
+    clips_per_video = measured["clips"] * (measured["crops"] if measured["modality"] != "audio" else 1)
     result = StageResult()
-    result.add("videos_per_s", "feature extraction, videos (every modality)", "videos/s", videos)
-    for modality, samples in rates.items():
-        result.add(f"{modality}_rows_per_s", f"feature extraction, {modality} rows", "rows/s", samples)
-    result.details = {"config": cfg.name, "batch_size": work.eval_batch, "backbones": "random init",
-                      "clips_per_video": cfg.data.eval_clips, "crops": cfg.data.eval_crops,
-                      "rows": "one clip in one crop of one video", "shards": ctx.shards_description()}
+    encoders = "video + audio encoders" if measured["modality"] == "both" else f"{measured['modality']} encoder"
+    result.add("clips_per_s", f"feature extraction, clips through the {encoders}", "clips/s",
+               [measured["videos"] * clips_per_video / seconds for seconds in measured["pass_seconds"]])
+    result.add("videos_per_s", "feature extraction, videos", "videos/s",
+               [measured["videos"] / seconds for seconds in measured["pass_seconds"]])
+    result.details = {key: measured[key] for key in ("preset", "modality", "videos", "clips", "crops", "batch_size",
+                                                     "threads", "dtype")}
+    result.details.update(backbones="random init", shards=ctx.shards_description())
     return result
 
 
