@@ -80,7 +80,9 @@ def test_a_quick_cpu_bench_writes_a_complete_report(tmp_path):
         for figure in entry["figures"].values():
             assert figure["min"] <= figure["q1"] <= figure["median"] <= figure["q3"] <= figure["max"]
             assert figure["min"] > 0 and figure["n"] == len(figure["samples"])
-    for stage, ratio, top, bottom in (("pipeline", "ratio_dali_reference", "dali_clips_per_s", "reference_clips_per_s"),
+    for stage, ratio, top, bottom in (("shards", "share_of_bare_transcode", "realtime_factor_per_worker",
+                                       "bare_transcode_realtime_factor"),
+                                      ("pipeline", "ratio_dali_reference", "dali_clips_per_s", "reference_clips_per_s"),
                                       ("train", "ratio_e2e_model_only", "e2e_clips_per_s", "model_only_clips_per_s")):
         figures = report["stages"][stage]["figures"]  # a ratio is taken within each repeat, not of the medians
         assert figures[ratio]["n"] == 2

@@ -1,7 +1,7 @@
 """The five stages of `xkd bench`. Each measures with its benchmark script's own functions
-(`bench_shards.py`, `bench_pipeline.py`, `bench_model.py`, `bench_train.py`), warms up, then repeats:
-every figure has one sample per repeat, and every ratio is taken within one repeat (the two sides
-measured back to back, so that a slow spell of a shared machine hits both)."""
+(`bench_shards.py`, `bench_pipeline.py`, `bench_model.py`, `bench_train.py`, `bench_eval.py`), warms up,
+then repeats: every figure has one sample per repeat, and every ratio is taken within one repeat (the
+two sides measured back to back, so that a slow spell of a shared machine hits both)."""
 from __future__ import annotations
 
 import importlib.util
