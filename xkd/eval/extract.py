@@ -119,6 +119,8 @@ class FeatureExtraction:
         self.backbones, self.cfg, self.out = backbones, cfg, Path(out)
         self.device, self.chunk_videos, self.log = device, chunk_videos, log
         self.modalities = [b.modality for b in backbones]
+        for backbone in backbones:
+            backbone.encoder.to(device)
         self.location = os.path.abspath(shards_location)
         needs = tuple(self.modalities)
         self.shards = ShardSet.from_path(shards_location, needs=needs)
