@@ -32,7 +32,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["xkd", "xkd.*", "shards", "shards.*", "dali_pipelines", "dali_pipelines.*"]),
     # presets and DeepSpeed configs; the class lists of `xkd shards create --classes-from`
-    package_data={"xkd": ["configs/*.yaml", "deepspeed_configs/*.json"], "shards": ["lists/*.txt"]},
+    package_data={"xkd": ["configs/*.yaml", "configs/finetune/*.yaml", "deepspeed_configs/*.json"],
+                  "shards": ["lists/*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["xkd=xkd.commands:main"]},

@@ -1,4 +1,4 @@
-"""The `xkd` command: shard videos, pretrain XKD on them, export and import backbones.
+"""The `xkd` command: shard videos, pretrain XKD on them, export and import backbones, evaluate and fine-tune them.
 
 Each subcommand lives in its own module of this package, which exposes
 `register(subparsers)` and does only the command's part: arguments, messages, exit statuses. The work
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "pretrain": "xkd.commands.pretrain",
     "export": "xkd.commands.export",
     "eval": "xkd.commands.eval",
+    "finetune": "xkd.commands.finetune",
 }
 
 
