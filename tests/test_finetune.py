@@ -151,3 +151,22 @@ def test_refusals_name_the_problem_with_exit_2(case, sets, video_run, run_cli, t
     err = capsys.readouterr().err
     assert err.startswith("xkd finetune: ") and expected in err, err
     assert "Traceback" not in err and (video_run / "metrics.jsonl").read_text() == before
+
+
+def test_the_library_function_fine_tunes_twice_in_one_process(sets, tmp_path):
+    """What `xkd demo` calls: a pretrained backbone, then the random-init baseline, in one process."""
+    from xkd.finetune import FinetuneRefused, finetune
+
+    model = load_config("xkd_micro").model
+    save_backbone(tmp_path / "video_teacher", build_encoder("video", model), "video", model)
+    runs = [finetune(str(tmp_path / "video_teacher.safetensors"), str(sets["video"]), str(sets["video"]),
+                     str(tmp_path / "pretrained"), "ft_micro", max_steps=3),
+            finetune(None, str(sets["video"]), str(sets["video"]), str(tmp_path / "baseline"), "ft_micro",
+                     random_init="xkd_micro", max_steps=3)]
+    for summary, name in zip(runs, ("pretrained", "baseline")):
+        assert summary["outcome"] == "finished" and summary["step"] == 3 and summary["best"]["step"] == 3
+        assert summary["top1"] is not None and summary["result"] == str(tmp_path / name / "result.json")
+        assert Path(summary["classifier"]).is_file()
+    with pytest.raises(FinetuneRefused, match="holds 4 classes"):
+        finetune(None, str(sets["video"]), str(sets["video"]), str(tmp_path / "c"), "ft_micro",
+                 random_init="xkd_micro", overrides=["num_classes=3"])
