@@ -1,7 +1,7 @@
 """`xkd finetune` as a cluster runs it, in processes of its own on the CPU (DS_ACCELERATOR=cpu, gloo):
 resumed after kill -9 and after SIGTERM it repeats the uninterrupted run's losses and validations
-exactly; two processes at ZeRO-0 (torchrun) and ZeRO-2 (the deepspeed launcher) train alike, step by
-step; and a bf16 ZeRO-2 run on a GPU where there is one."""
+exactly; two processes at ZeRO-0 (torchrun), ZeRO-2 and ZeRO-3 (the deepspeed launcher) train alike,
+step by step; and a bf16 ZeRO-2 run on a GPU where there is one."""
 import json
 import os
 import signal
@@ -126,31 +126,39 @@ TWO = ["data.batch_size=2", "train.grad_accumulation=2", "train.epochs=3", "trai
        "train.eval_every_epochs=1"]  # per rank: 8 clips, 4 batches, 2 steps an epoch
 
 
-def test_zero0_and_zero2_on_two_processes_train_alike(shards, tmp_path):
-    runs = {0: tmp_path / "zero0", 2: tmp_path / "zero2"}
+def test_zero0_2_and_3_on_two_processes_train_alike(shards, tmp_path):
+    """ZeRO-0 under torchrun, ZeRO-2 and ZeRO-3 under the deepspeed launcher: the same losses step by
+    step with 2 micro-batches per step and the layer-wise LRs, the same validations, and the same
+    best classifier (the full fp32 weights, however the stage partitioned them)."""
+    runs = {stage: tmp_path / f"zero{stage}" for stage in (0, 2, 3)}
     torchrun = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
                                str(BIN / "xkd"), *finetune_args(shards, runs[0], *TWO, ds="zero0_fp32")],
                               env=ENV, capture_output=True, text=True, timeout=600)
     assert torchrun.returncode == 0, torchrun.stdout[-3000:] + torchrun.stderr[-3000:]
-    launcher = subprocess.run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-                               str(BIN / "xkd"), *finetune_args(shards, runs[2], *TWO, ds="zero2_fp32")],
-                              env=ENV, capture_output=True, text=True, timeout=600)
-    assert launcher.returncode == 0, launcher.stdout[-3000:] + launcher.stderr[-3000:]
+    for stage in (2, 3):
+        launcher = subprocess.run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                                   str(BIN / "xkd"), *finetune_args(shards, runs[stage], *TWO, ds=f"zero{stage}_fp32")],
+                                  env=ENV, capture_output=True, text=True, timeout=600)
+        assert launcher.returncode == 0, launcher.stdout[-3000:] + launcher.stderr[-3000:]
     started = {stage: next(r for r in records(run) if r.get("event") == "started") for stage, run in runs.items()}
-    assert [(s["world_size"], s["zero_stage"], s["total_batch"]) for s in started.values()] == [(2, 0, 8), (2, 2, 8)]
+    assert [(s["world_size"], s["zero_stage"], s["total_batch"]) for s in started.values()] == \
+        [(2, 0, 8), (2, 2, 8), (2, 3, 8)]
     layouts = {stage: next(r for r in records(run) if r.get("event") == "gradients")["layout"]
                for stage, run in runs.items()}
-    assert layouts == {0: "full", 2: "fragments"}
-    plain, sharded = losses(runs[0]), losses(runs[2])
-    assert sorted(plain) == sorted(sharded) == list(range(1, 7)) and plain[6] != plain[1]
-    for step in plain:
-        assert sharded[step] == pytest.approx(plain[step], rel=1e-5), step
-    assert validations(runs[0]) == validations(runs[2]) and sorted(validations(runs[0])) == [0, 1, 2]
-    # the classifier kept is the full fp32 weights, however ZeRO-2 partitioned them
+    assert layouts == {0: "full", 2: "fragments", 3: "zero3"}
+    plain = losses(runs[0])
+    assert sorted(plain) == list(range(1, 7)) and plain[6] != plain[1]
     from safetensors.torch import load_file
 
-    a, b = (load_file(run / "best" / "classifier.safetensors") for run in runs.values())
-    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-4 for k in a)
+    reference = load_file(runs[0] / "best" / "classifier.safetensors")
+    for stage in (2, 3):
+        sharded = losses(runs[stage])
+        assert sorted(sharded) == sorted(plain)
+        for step in plain:
+            assert sharded[step] == pytest.approx(plain[step], rel=1e-5), (stage, step)
+        assert validations(runs[stage]) == validations(runs[0]) and sorted(validations(runs[0])) == [0, 1, 2]
+        kept = load_file(runs[stage] / "best" / "classifier.safetensors")
+        assert kept.keys() == reference.keys() and all((kept[k] - reference[k]).abs().max() < 1e-4 for k in kept)
 
 
 @pytest.mark.gpu
