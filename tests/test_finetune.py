@@ -139,7 +139,8 @@ def test_refusals_name_the_problem_with_exit_2(case, sets, video_run, run_cli, t
         "other_size": "encoder embed_dim is 96 in the backbone but 64 in config ft_micro (backbone_preset xkd_micro)",
         "label_count": "num_classes=10 in config ft_micro, but",
         "pretraining_checkpoint": "is a checkpoint of an `xkd pretrain` run, not of an `xkd finetune` run",
-        "other_backbone_checkpoint": "was fine-tuned from another backbone or modality",
+        "other_backbone_checkpoint": "was fine-tuned from another backbone (checkpoint: video random-init xkd_micro "
+                                     "(seed 0); this run: video random-init xkd_micro (seed 1))",
         "no_backbone": "give a backbone",
         "unlabelled": "the shards hold no labels",
     }[case]

@@ -65,8 +65,8 @@ def label_space(cfg: FinetuneConfig, train: str, others: dict[str, str]) -> Labe
     return space
 
 
-def check_shards(location: str, cfg: FinetuneConfig, role: str, skip_bad: bool = False) -> ShardSet:
-    """The preflight of one shard set for the config's modality."""
+def check_shards(location: str, cfg: FinetuneConfig, skip_bad: bool = False) -> ShardSet:
+    """The preflight of one shard set for the config's modality (ShardSetError naming what is wrong)."""
     return ShardSet.from_path(location, needs=(cfg.modality,), skip_bad=skip_bad)
 
 
@@ -107,3 +107,12 @@ def backbone_identity(backbone: EvalBackbone) -> dict:
     info = backbone.info
     keys = ("kind", "sha256", "preset", "seed", "modality", "encoder", "input")
     return {k: info[k] for k in keys if k in info}
+
+
+def describe_identity(identity: dict | None) -> str:
+    """A backbone identity in a few words: the file's SHA-256 prefix, or the preset and seed."""
+    if not identity:
+        return "none"
+    if identity.get("kind") == "random-init":
+        return f"{identity.get('modality')} random-init {identity.get('preset')} (seed {identity.get('seed')})"
+    return f"{identity.get('modality')} backbone file, SHA-256 {str(identity.get('sha256'))[:12]}..."

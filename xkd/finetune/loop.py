@@ -21,7 +21,7 @@ from xkd.finetune.classifier import (Classifier, classifier_meta, encoder_at, la
                                      model_config_at, save_classifier)
 from xkd.finetune.config import FinetuneConfig
 from xkd.finetune.evaluate import gather, metrics, score_videos
-from xkd.finetune.inputs import LabelSpace, backbone_identity
+from xkd.finetune.inputs import LabelSpace, backbone_identity, describe_identity
 from xkd.finetune.state import FinetuneState
 from xkd.models.encoders import build_encoder
 from xkd.schedules import FinetuneSchedules
@@ -107,12 +107,10 @@ class FinetuneTrainer(DeepSpeedLoop):
         if marker.get("task") != "finetune":
             what = "an `xkd pretrain` run" if "variant" in marker else "another kind of run"
             raise RunRefused(f"{folder} is a checkpoint of {what}, not of an `xkd finetune` run: choose another --out")
-        expected = {"modality": self.cfg.modality, "backbone": self.identity}
-        for key, value in expected.items():
-            if marker.get(key) != value:
-                raise RunRefused(f"{folder} was fine-tuned from another backbone or modality ({key}: checkpoint "
-                                 f"{marker.get(key)!r}, this run {value!r}): resume with the backbone it started "
-                                 f"from, or choose another --out")
+        if marker.get("backbone") != self.identity:
+            raise RunRefused(f"{folder} was fine-tuned from another backbone (checkpoint: "
+                             f"{describe_identity(marker.get('backbone'))}; this run: {describe_identity(self.identity)})"
+                             ": resume with the backbone it started from, or choose another --out")
         labels = {"num_classes": self.labels.num_classes, "multi_label": self.labels.multi_label,
                   "classes": list(self.labels.classes or [])}
         if marker.get("labels") != labels:

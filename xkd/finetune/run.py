@@ -40,9 +40,8 @@ def prepare(config: str, backbone: str | None, train: str, val: str, *, test: st
         cfg = load_finetune_config(config, overrides)
         others = {"--val": val, **({"--test": test} if test else {})}
         labels = label_space(cfg, train, others)
-        skip = cfg.train.skip_bad_samples
-        sets = {role_name: check_shards(location, cfg, role_name, skip) if role_name == "--train"
-                else check_shards(location, cfg, role_name) for role_name, location in {"--train": train, **others}.items()}
+        sets = {"--train": check_shards(train, cfg, skip_bad=cfg.train.skip_bad_samples)}
+        sets.update({name: check_shards(location, cfg) for name, location in others.items()})
         chosen = finetune_backbone(backbone, cfg, role=role, random_init=random_init, seed=seed)
     except (ConfigError, LabelMismatch, BackboneMismatch, ShardSetError) as error:
         raise FinetuneRefused(str(error)) from None
