@@ -10,7 +10,6 @@ test set (all of `data.eval_clips` x `data.eval_crops` clips), and the result is
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 
@@ -198,7 +197,7 @@ class FinetuneTrainer(DeepSpeedLoop):
         """A finished run: validate the last weights if they were not, then test the best classifier."""
         if outcome != "finished" or self.state.step == 0:
             return
-        if self.state.validated_step != self.state.step:  # a run that reached its last step before this code did
+        if self.state.validated_step != self.state.step:  # a safety net: `_work_due` validates the last step
             position = self.data.state_dict()
             self.validate(position["epoch"] - 1 if position["batch"] == 0 else position["epoch"])
         self.result = self.test()
@@ -238,8 +237,4 @@ class FinetuneTrainer(DeepSpeedLoop):
         self._say(f"test ({len(scores)} videos, {settings['test_clips']} clips x {settings['test_crops']} crops): "
                   f"{shown}; result: {self.run_dir / RESULT}")
         return {"result": result, **found}
-
-
-def best_classifier_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / BEST
 

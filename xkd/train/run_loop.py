@@ -6,8 +6,8 @@ What lives here: the DeepSpeed engine and its config, the batch source by epoch 
 mid-epoch), checkpoints and `--resume`, the per-iteration schedules' values set before each
 optimiser step, the gradient check (and clipping), non-finite batches and steps skipped on every
 rank alike, SIGTERM (all ranks stop at one step, a checkpoint is saved), metrics.jsonl +
-TensorBoard, and the progress bar. The loop reads "get batch, step, after-step (count, log, save),
-end-of-epoch work".
+TensorBoard, and the progress bar. The loop reads "get batch, step, after-step (count, log,
+scheduled work such as a monitor or a validation, save)".
 """
 from __future__ import annotations
 
