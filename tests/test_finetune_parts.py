@@ -23,7 +23,7 @@ def micro_classifier(classes: int = 5, modality: str = "video") -> Classifier:
 
 def test_every_preset_loads_and_names_its_sources():
     presets = available_finetune_presets()
-    assert {"ft_ucf101", "ft_hmdb51", "ft_kinetics", "ft_esc50", "ft_fsd50k", "ft_micro"} <= set(presets)
+    assert {"ft_ucf101", "ft_hmdb51", "ft_kinetics", "ft_esc50", "ft_fsd50k", "ft_micro", "ft_tiny"} <= set(presets)
     for name in presets:
         cfg = load_finetune_config(name)
         assert cfg.name == name
