@@ -10,7 +10,8 @@
 #   bash benchmarks/gpu_checks.sh model      # one XKD step with ViT-B in bf16 at 32 and 128 clips: TFLOP/s, share
 #                                            # of the bf16 matrix-product peak (goal: half), largest kernels
 #   bash benchmarks/gpu_checks.sh train      # the whole loop, ViT-B, ZeRO-2 bf16: end to end vs model only (goal: 90%)
-#   bash benchmarks/gpu_checks.sh all        # the six in turn
+#   bash benchmarks/gpu_checks.sh finetune   # fine-tuning steps, ViT-B at 224 px (ft_ucf101), ZeRO-2 bf16: clips/s
+#   bash benchmarks/gpu_checks.sh all        # the seven in turn
 #
 # The benchmarks write their figures to benchmarks/results/*_<GPU name>.json. When $OUT is set (a
 # device session), each stage's log and those result files are copied there as well. Every stage
@@ -47,7 +48,7 @@ if ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
   exit 2
 fi
 stages=("$@")
-[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline decode stages model train)
+[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline decode stages model train finetune)
 gpu_file=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "_"))')
 for stage in "${stages[@]}"; do
   case $stage in
@@ -64,7 +65,10 @@ for stage in "${stages[@]}"; do
         --out "benchmarks/results/bench_model_base_b128_$gpu_file.json" ;;
     train) run_stage train "$python" benchmarks/bench_train.py --config xkd_base \
       --deepspeed-config zero2.json ;;
-    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, decode, stages, model, train, all)" >&2; exit 2 ;;
+    finetune) run_stage finetune "$python" benchmarks/bench_finetune.py --backbone-preset xkd_base \
+      --deepspeed-config zero2.json ;;
+    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, decode, stages, model, train, finetune, all)" >&2
+       exit 2 ;;
   esac
 done
 if [[ -n ${OUT:-} ]]; then
