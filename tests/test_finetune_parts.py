@@ -172,6 +172,27 @@ def test_label_counts_that_do_not_match_the_shards_are_refused(class_shards, tmp
         label_space(cfg, str(video / "*.tar"), {})
 
 
+def test_sets_with_other_classes_are_refused(class_shards, tmp_path):
+    from conftest import make_multi_label_shards
+    from xkd.finetune.inputs import LabelMismatch, label_space
+
+    cfg = load_finetune_config("ft_micro")
+    multi = make_multi_label_shards(tmp_path, 1)
+    with pytest.raises(LabelMismatch, match=r"\(--val\) is a multi-label set but .* \(--train\) a single-label one"):
+        label_space(cfg, str(class_shards[0]), {"--val": str(multi)})
+    two = tmp_path / "two"
+    for label in ("blue", "red"):
+        (two / "videos" / label).mkdir(parents=True)
+        for clip in (tmp_path / "videos" / label).glob("*.mp4"):
+            (two / "videos" / label / clip.name).symlink_to(clip)
+    from xkd.commands import main
+
+    assert main(["shards", "create", str(two / "videos"), str(two / "shards"), "--audio-only", "--quiet",
+                 "--workers", "1"]) == 0
+    with pytest.raises(LabelMismatch, match=r"\(--test\) has 2 classes, not the 4 of .* \(--train\)"):
+        label_space(cfg, str(class_shards[1]), {"--val": str(class_shards[0]), "--test": str(two / "shards")})
+
+
 @pytest.mark.parametrize("modality", ["video", "audio"])
 def test_the_labelled_pipeline_gives_one_augmented_clip_per_sample_with_its_label(class_shards, modality):
     from dali_pipelines.labelled import labelled_loader
