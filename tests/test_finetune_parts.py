@@ -127,6 +127,14 @@ def test_the_position_table_is_resized_once_to_the_new_input_size():
         assert torch.allclose(wider.pooled(clip), backbone.pooled(clip), atol=1e-5)
 
 
+def test_drop_path_rises_to_the_configured_rate_in_the_last_block():
+    model_cfg = model_config_at({"embed_dim": 64, "depth": 2, "num_heads": 4},
+                                vars(load_config("xkd_micro").model.audio), "audio", drop_path=0.2)
+    blocks = encoder_at(build_encoder("audio", load_config("xkd_micro").model), model_cfg).blocks
+    assert isinstance(blocks[0].drop_path1, torch.nn.Identity)
+    assert blocks[1].drop_path1.drop_prob == blocks[1].drop_path2.drop_prob == pytest.approx(0.2)
+
+
 def test_a_classifier_file_pair_loads_back_the_same_network(tmp_path):
     model = micro_classifier(classes=3, modality="audio").eval()
     meta = {"modality": "audio", "encoder": {"embed_dim": 64, "depth": 2, "num_heads": 4},
