@@ -34,7 +34,8 @@ setup(
     packages=find_packages(include=["xkd", "xkd.*", "shards", "shards.*", "dali_pipelines", "dali_pipelines.*",
                                     "benchmarks", "benchmarks.*"]),  # benchmarks: behind `xkd bench`
     # presets and DeepSpeed configs; the class lists of `xkd shards create --classes-from`
-    package_data={"xkd": ["configs/*.yaml", "deepspeed_configs/*.json"], "shards": ["lists/*.txt"]},
+    package_data={"xkd": ["configs/*.yaml", "configs/finetune/*.yaml", "deepspeed_configs/*.json"],
+                  "shards": ["lists/*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["xkd=xkd.commands:main"]},

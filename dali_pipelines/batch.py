@@ -1,8 +1,9 @@
 """The batches that join the loaders to the model, and the one error for a sample that does not decode.
 
 Pretraining loaders (the DALI pipeline, the reference loader, synthetic batches) make
-`TrainingBatch`es; the evaluation pipeline makes `EvaluationBatch`es, whose clips have another
-shape and so other field names. `sample_labels` reads a sample's labels out of its JSON member the
+`TrainingBatch`es; the fine-tuning pipeline makes `LabelledBatch`es (one clip per sample, with its
+labels); the evaluation pipeline makes `EvaluationBatch`es, whose clips have another shape and so
+other field names. `sample_labels` reads a sample's labels out of its JSON member the
 same way for every loader."""
 from __future__ import annotations
 
@@ -54,6 +55,29 @@ class TrainingBatch:
 
         return replace(self, video=[move(v) for v in self.video], audio=[move(a) for a in self.audio],
                        label=move(self.label))
+
+
+@dataclass
+class LabelledBatch:
+    """One augmented clip of each of B labelled videos (or soundtracks), for supervised training
+    (fine-tuning; `dali_pipelines/labelled.py`):
+    clips: (B, 3, T, S, S) video or (B, 1, mel_bins, frames) log-mel
+    label: (B,) int64, the class id; -1 for every sample of a multi-label set
+    label_sets: B tuples of class ids, ascending (see `EvaluationBatch.label_sets`)
+    key: B sample keys;  skipped: the samples left out since the previous batch, named."""
+
+    clips: torch.Tensor
+    label: torch.Tensor
+    label_sets: list[tuple[int, ...]]
+    key: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> "LabelledBatch":
+        return replace(self, clips=self.clips.to(device, non_blocking=non_blocking),
+                       label=self.label.to(device, non_blocking=non_blocking))
 
 
 @dataclass

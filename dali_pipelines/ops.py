@@ -63,17 +63,23 @@ def video_view(frames, view: VideoViewConfig, mean, std, dtype):
     frames = fn.random_resized_crop(frames, size=[view.size, view.size], random_area=view.crop_area,
                                     random_aspect_ratio=view.crop_ratio, num_attempts=10,
                                     interp_type=types.INTERP_LINEAR)
-    gray = coin(view.grayscale_prob) if view.grayscale_prob > 0 else None
-    saturation = uniform(1 - view.saturation, 1 + view.saturation)
-    if gray is not None:
-        saturation = saturation * (1 - gray)  # saturation 0 is grayscale, replicated on 3 channels
-    frames = fn.color_twist(frames, brightness=uniform(1 - view.brightness, 1 + view.brightness),
-                            contrast=uniform(1 - view.contrast, 1 + view.contrast), saturation=saturation,
-                            hue=uniform(-360 * view.hue, 360 * view.hue))
+    if view.grayscale_prob > 0 or any((view.brightness, view.contrast, view.saturation, view.hue)):
+        frames = _colour(frames, view)  # (fine-tuning views turn it off)
     if view.blur_prob > 0:
         frames = fn.gaussian_blur(frames, window_size=view.blur_window, sigma=_blur_sigma(view))
     return fn.crop_mirror_normalize(frames, mirror=coin(view.flip_prob), output_layout="CFHW", dtype=dtype,
                                     mean=[255 * m for m in mean], std=[255 * s for s in std])
+
+
+def _colour(frames, view: VideoViewConfig):
+    """Colour jitter with random factors (and grayscale with its probability)."""
+    gray = coin(view.grayscale_prob) if view.grayscale_prob > 0 else None
+    saturation = uniform(1 - view.saturation, 1 + view.saturation)
+    if gray is not None:
+        saturation = saturation * (1 - gray)  # saturation 0 is grayscale, replicated on 3 channels
+    return fn.color_twist(frames, brightness=uniform(1 - view.brightness, 1 + view.brightness),
+                          contrast=uniform(1 - view.contrast, 1 + view.contrast), saturation=saturation,
+                          hue=uniform(-360 * view.hue, 360 * view.hue))
 
 
 def _blur_sigma(view: VideoViewConfig):

@@ -1,5 +1,5 @@
 """Small synthetic videos made with PyAV, for the demo, the tests and the benchmarks: a moving
-colour pattern with a tone, optionally a white flash with a click at a chosen time (to check
+colour pattern with a tone (both can be given a class's tint and pitch), optionally a white flash with a click at a chosen time (to check
 audio/video alignment), variable frame rate, no audio, or a silent track; a display rotation (as
 phones write) or non-square pixels (anamorphic video) on request."""
 from __future__ import annotations
@@ -27,8 +27,10 @@ def _pattern(index: int, width: int, height: int, seed: int) -> np.ndarray:
 def write_clip(path, *, seconds: float = 2.0, fps: float = 25, width: int = 160, height: int = 120,
                codec: str = "libx264", container: str | None = None, audio: str = "tone",
                audio_rate: int = 44100, flash_at: float | None = None, vfr: bool = False,
-               seed: int = 0, rotation: float | None = None, sample_aspect_ratio: Fraction | None = None) -> str:
+               seed: int = 0, rotation: float | None = None, sample_aspect_ratio: Fraction | None = None,
+               tint: tuple[float, float, float] | None = None, tone_hz: float | None = None) -> str:
     """audio: 'tone', 'none' (no audio stream) or 'silent' (an all-zero track).
+    tint: factors for the pattern's red, green and blue; tone_hz: the tone's pitch (default 220 + 40 x seed).
     flash_at: white frames for FLASH_SECONDS and a 10 ms click, both starting at that time. vfr: irregular frame spacing.
     rotation: display-matrix angle, degrees counter-clockwise. sample_aspect_ratio: pixel width / height."""
     rng = np.random.default_rng(seed)
@@ -53,6 +55,8 @@ def write_clip(path, *, seconds: float = 2.0, fps: float = 25, width: int = 160,
             t += (1 / fps) * (rng.uniform(0.5, 1.5) if vfr else 1.0)
         for index, time in enumerate(times):
             image = _pattern(index, width, height, seed)
+            if tint is not None:
+                image = (image * np.asarray(tint)).clip(0, 255).astype(np.uint8)
             if flash_at is not None and time < flash_at + FLASH_SECONDS - 1e-9 and time + 1 / fps > flash_at + 1e-9:
                 image[:] = 255  # every frame shown during the flash
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
@@ -61,7 +65,8 @@ def write_clip(path, *, seconds: float = 2.0, fps: float = 25, width: int = 160,
         out.mux(video.encode(None))
         if sound is not None:
             total = int(seconds * audio_rate)
-            tone = 0.2 * np.sin(2 * np.pi * (220 + 40 * seed) * np.arange(total) / audio_rate)
+            pitch = 220 + 40 * seed if tone_hz is None else tone_hz
+            tone = 0.2 * np.sin(2 * np.pi * pitch * np.arange(total) / audio_rate)
             if audio == "silent":
                 tone[:] = 0
             if flash_at is not None:

@@ -99,3 +99,50 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+# Four classes a small model can tell apart: a tint of the moving pattern and the tone's pitch (pitches
+# more than 1.5^2 apart, so the audio view's random resize crop, which stretches the frequency axis by
+# up to 1.5, never moves one onto another).
+CLASS_LOOKS = {"red": ((1.0, 0.25, 0.25), 250.0), "green": ((0.25, 1.0, 0.25), 800.0),
+               "blue": ((0.25, 0.25, 1.0), 2500.0), "yellow": ((1.0, 1.0, 0.25), 7000.0)}
+
+
+def make_class_shards(root: Path, per_class: int, audio_only: bool = False, first_seed: int = 0) -> Path:
+    """A labelled shard set of the four CLASS_LOOKS classes: per_class clips of 2.5 s each (the micro
+    preset's 2 s clip fits), 32 px, 3 per shard; `--audio-only` shards with audio_only."""
+    from xkd.commands import main
+
+    videos = root / "videos"
+    if not videos.is_dir():
+        for index in range(per_class * len(CLASS_LOOKS)):
+            label = list(CLASS_LOOKS)[index % len(CLASS_LOOKS)]
+            tint, pitch = CLASS_LOOKS[label]
+            (videos / label).mkdir(parents=True, exist_ok=True)
+            write_clip(videos / label / f"{label}{index}.mp4", seconds=2.5, seed=first_seed + index, width=96,
+                       height=64, tint=tint, tone_hz=pitch)
+    out = root / ("audio_shards" if audio_only else "shards")
+    assert main(["shards", "create", str(videos), str(out), "--samples-per-shard", "3", "--short-side", "32",
+                 "--quiet", "--workers", "1", *(["--audio-only"] if audio_only else [])]) == 0
+    return out
+
+
+def make_multi_label_shards(root: Path, per_class: int) -> Path:
+    """An FSD50K-like multi-label audio-only set: each clip of `make_class_shards` labelled with its
+    colour and 'high' or 'low' by its pitch (6 classes), from a CSV manifest with a `labels` column."""
+    import csv
+
+    from xkd.commands import main
+
+    make_class_shards(root, per_class, audio_only=True)
+    manifest = root / "videos" / "inputs.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "labels"])
+        for clip in sorted((root / "videos").glob("*/*.mp4")):
+            label = clip.parent.name
+            writer.writerow([f"{label}/{clip.name}", f"{label},{'high' if CLASS_LOOKS[label][1] > 1000 else 'low'}"])
+    out = root / "multi_label_shards"
+    assert main(["shards", "create", str(manifest), str(out), "--samples-per-shard", "3", "--audio-only", "--quiet",
+                 "--workers", "1"]) == 0
+    return out

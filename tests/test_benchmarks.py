@@ -32,6 +32,8 @@ CASES = {
                            {"shards", "per_shard_us"}),
     "bench_eval.py": (["--videos", "2", "--passes", "1", "--clips", "1", "--batch-size", "2"],
                       {"features_clips_per_s", "features_videos_per_s", "device", "preset"}),
+    "bench_finetune.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2"],
+                          {"clips_per_s", "step_ms", "device", "preset", "backbone_preset"}),
     "bench_train.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2"],
                        {"e2e_clips_per_s", "model_only_clips_per_s", "data_wait_fraction", "device", "preset"}),
 }

@@ -269,19 +269,20 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _resolve_path(name_or_path: str | Path) -> Path:
-    """A YAML file, else a preset's name; a path with a folder in it is never taken for a preset."""
+def _resolve_path(name_or_path: str | Path, folder: Path = CONFIG_DIR) -> Path:
+    """A YAML file, else the name of a preset in `folder`; a path with a folder in it is never taken
+    for a preset."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
     if "/" in str(name_or_path) or os.sep in str(name_or_path):
         what = "not a .yaml file" if path.exists() else "no such config file"
         raise ConfigError(f"{name_or_path}: {what} (presets are named without a folder: "
-                          f"{', '.join(available_presets())})")
-    candidate = CONFIG_DIR / f"{path.stem}.yaml"
+                          f"{', '.join(available_presets(folder))})")
+    candidate = folder / f"{path.stem}.yaml"
     if candidate.exists():
         return candidate
-    raise ConfigError(f"no config file {name_or_path!r}; presets: {', '.join(available_presets())}")
+    raise ConfigError(f"no config file {name_or_path!r}; presets: {', '.join(available_presets(folder))}")
 
 
 def _parse_yaml(text: str, where: str):
@@ -294,12 +295,13 @@ def _parse_yaml(text: str, where: str):
         raise ConfigError(f"{where}: not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
 
 
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+def available_presets(folder: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def _read_yaml_tree(name_or_path: str | Path, seen: tuple = ()) -> dict:
-    path = _resolve_path(name_or_path)
+def read_yaml_tree(name_or_path: str | Path, folder: Path = CONFIG_DIR, seen: tuple = ()) -> dict:
+    """A preset (of `folder`) or YAML file as a dict, merged onto the preset it inherits from."""
+    path = _resolve_path(name_or_path, folder)
     if path in seen:
         raise ConfigError(f"inheritance cycle through {path}")
     data = _parse_yaml(path.read_text(), str(path)) or {}
@@ -307,7 +309,7 @@ def _read_yaml_tree(name_or_path: str | Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping")
     parent = data.pop(INHERIT_KEY, None)
     if parent is not None:
-        data = _deep_merge(_read_yaml_tree(parent, seen + (path,)), data)
+        data = _deep_merge(read_yaml_tree(parent, folder, seen + (path,)), data)
     return data
 
 
@@ -333,7 +335,7 @@ def apply_override(data: dict, override: str) -> dict:
 
 def load_config(name_or_path: str | Path = "xkd_base", overrides: Optional[list[str]] = None) -> ExperimentConfig:
     """Read a preset name (e.g. 'xkd_tiny') or a YAML path, apply overrides, validate."""
-    data = _read_yaml_tree(name_or_path)
+    data = read_yaml_tree(name_or_path)
     for override in overrides or []:
         data = apply_override(data, override)
     cfg = from_dict(ExperimentConfig, data)

@@ -59,3 +59,23 @@ class TrainSchedules:
     def at(self, step: int) -> dict[str, float]:
         i = min(step, len(self.lr) - 1)
         return {"lr": float(self.lr[i]), "weight_decay": float(self.weight_decay[i]), "momentum": float(self.momentum[i])}
+
+
+class FinetuneSchedules:
+    """The fine-tuning LR for every optimiser step: the peak is train.base_lr x total batch /
+    train.lr_reference_batch; 'cosine': linear warm-up from 0, then a per-iteration cosine to
+    train.min_lr; 'constant': the peak throughout. Each optimizer group scales it by its layer's
+    `lr_scale` (docs/method.md §Fine-tuning)."""
+
+    def __init__(self, train, iters_per_epoch: int, total_batch: int):
+        self.peak_lr = train.base_lr * total_batch / train.lr_reference_batch
+        if train.lr_schedule == "constant":
+            self.lr = np.full(train.epochs * iters_per_epoch, self.peak_lr)
+        else:
+            self.lr = cosine_scheduler(self.peak_lr, train.min_lr, train.epochs, iters_per_epoch, train.warmup_epochs)
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def at(self, step: int) -> dict[str, float]:
+        return {"lr": float(self.lr[min(step, len(self.lr) - 1)])}

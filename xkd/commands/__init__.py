@@ -1,4 +1,5 @@
-"""The `xkd` command: shard videos, pretrain XKD on them, export and import backbones, benchmark.
+"""The `xkd` command: shard videos, pretrain XKD on them, export and import backbones, evaluate and fine-tune
+them, benchmark.
 
 Each subcommand lives in its own module of this package, which exposes
 `register(subparsers)` and does only the command's part: arguments, messages, exit statuses. The work
@@ -19,6 +20,7 @@ SUBCOMMANDS = {
     "export": "xkd.commands.export",
     "eval": "xkd.commands.eval",
     "bench": "xkd.commands.bench",
+    "finetune": "xkd.commands.finetune",
 }
 
 

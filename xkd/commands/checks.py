@@ -42,3 +42,17 @@ def unwritable_folder(path: str | os.PathLike) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{path}: cannot be written, {existing} is not writable"
     return None
+
+
+def lock_on_rank_0(lock, rank: int) -> str | None:
+    """Rank 0 takes the run folder's lock (a `shards.folder_lock.FolderLock`); the refusal's text
+    if another run holds it. The other ranks of the same run are no second writer."""
+    from shards.folder_lock import FolderBusy
+
+    if rank != 0:
+        return None
+    try:
+        lock.acquire()
+    except FolderBusy as error:
+        return str(error)
+    return None

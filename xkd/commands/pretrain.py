@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dali_pipelines.shardset import PRETRAINING, ShardSet, ShardSetError
     from shards.folder_lock import FolderLock
-    from xkd.commands.checks import unwritable_folder
+    from xkd.commands.checks import lock_on_rank_0, unwritable_folder
     from xkd.config import ConfigError, load_config
     from xkd.train.distributed import launched_rank
     from xkd.train.ds_config import resolve_config_path
@@ -52,7 +52,7 @@ def run(args) -> int:
     rank, world_size = launched_rank()
     # one run per --out, held by rank 0 alone: the other ranks of the same run are no second writer
     lock = FolderLock(os.path.join(args.out, "writer.lock"), args.out, "xkd pretrain")
-    busy = _take_on_rank_0(lock, rank)
+    busy = lock_on_rank_0(lock, rank)
     if busy and world_size == 1:
         print(f"xkd pretrain: {busy}", file=sys.stderr)
         return 2
@@ -60,19 +60,6 @@ def run(args) -> int:
         return _train(args, cfg, shards, busy)
     finally:
         lock.release()
-
-
-def _take_on_rank_0(lock, rank: int) -> str | None:
-    """Rank 0 takes the run folder's lock; the refusal's text if another run holds it."""
-    from shards.folder_lock import FolderBusy
-
-    if rank != 0:
-        return None
-    try:
-        lock.acquire()
-    except FolderBusy as error:
-        return str(error)
-    return None
 
 
 def _train(args, cfg, shards, busy: str | None) -> int:

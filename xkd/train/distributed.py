@@ -58,6 +58,9 @@ def launched_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+_by_hand = False  # this process set RANK and WORLD_SIZE itself (it stays a world of one)
+
+
 def start_process() -> Process:
     """Initialise torch.distributed (NCCL on GPUs, gloo on CPU) through DeepSpeed. DS_ACCELERATOR=cpu
     keeps a run on the CPU where a GPU is visible too (DeepSpeed's own switch, so both agree)."""
@@ -65,7 +68,9 @@ def start_process() -> Process:
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
         clear_stale_extension_locks()
-    by_hand = "RANK" not in os.environ  # started without a launcher: a world of one
+    global _by_hand
+    _by_hand = _by_hand or "RANK" not in os.environ  # started without a launcher: a world of one
+    by_hand = _by_hand
     if by_hand:
         # MASTER_PORT only names DeepSpeed's CPU shared-memory segment here (unique per run); nothing binds it
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
@@ -105,10 +110,17 @@ def all_mean(tensor: torch.Tensor) -> torch.Tensor:
 
 def finish_process() -> None:
     """Every rank at once: wait for the others, then take the process group down, so that no rank
-    exits with the backend's threads still running (gloo can then abort: "terminate called")."""
+    exits with the backend's threads still running (gloo can then abort: "terminate called").
+    Through DeepSpeed, which then forgets the groups it made from it: a later run in the same
+    process (the demo's second fine-tuning) starts a fresh world."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        import deepspeed.comm
+
+        if deepspeed.comm.is_initialized():
+            deepspeed.comm.destroy_process_group()
+        else:
+            torch.distributed.destroy_process_group()
 
 
 def barrier() -> None:

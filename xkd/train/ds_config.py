@@ -55,7 +55,8 @@ def read_json(path: str | Path) -> dict:
 
 
 def deepspeed_config(path: str | Path, cfg: ExperimentConfig, world_size: int) -> dict:
-    """The DeepSpeed config dict for `cfg` on `world_size` processes."""
+    """The DeepSpeed config dict for `cfg` (a pretraining or a fine-tuning config: both have
+    data.batch_size and train.grad_accumulation / clip_grad / clip_mode) on `world_size` processes."""
     data = read_json(path)
     for key in FILLED:
         if key in data and data[key] != "auto":
@@ -64,8 +65,9 @@ def deepspeed_config(path: str | Path, cfg: ExperimentConfig, world_size: int) -
                               'write "auto" or leave it out')
     for key in NOT_USED:
         if key in data:
-            raise ConfigError(f"{path}: an '{key}' section is not used: xkd pretrain builds AdamW and its "
-                              "per-iteration schedules from the experiment config (train.*)")
+            raise ConfigError(f"{path}: an '{key}' section is not used: the training loop (xkd pretrain, xkd "
+                              "finetune) builds AdamW and its per-iteration schedules from the experiment config "
+                              "(train.*)")
     if data.get("fp16", {}).get("enabled") and data.get("bf16", {}).get("enabled"):
         raise ConfigError(f"{path}: fp16 and bf16 are both enabled; choose one")
     train = cfg.train
