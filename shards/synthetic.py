@@ -82,3 +82,119 @@ def write_clip(path, *, seconds: float = 2.0, fps: float = 25, width: int = 160,
                 out.mux(sound.encode(frame))
             out.mux(sound.encode(None))
     return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled clips for `xkd demo`: the class is carried by both modalities, in a way a model must
+# learn (a motion pattern and a pitch contour), while everything else varies freely and
+# independently in each modality (colours, shape, size, place, background, speed; base pitch,
+# timbre, tempo, loudness, noise). What sound and picture share is therefore the class alone.
+# --------------------------------------------------------------------------------------------
+
+# class name -> (motion of the shape, contour of the sound)
+CLIP_CLASSES = {
+    "swing": ("horizontal", "rising"),    # left-right oscillation; glides up, repeated
+    "bounce": ("vertical", "falling"),    # up-down oscillation; glides down, repeated
+    "orbit": ("circle", "trill"),         # a circle round a centre; two notes a fifth apart, alternating
+    "pulse": ("breathe", "beats"),        # grows and shrinks in place; one note, on and off
+}
+CLASS_AUDIO_RATE = 16000  # the rate the shards keep, so nothing is resampled
+
+
+def class_clip_params(label: str, seed: int) -> dict:
+    """The nuisance draws of one clip (everything but the class), reproducible from the seed."""
+    if label not in CLIP_CLASSES:
+        raise ValueError(f"unknown class {label!r}; classes: {', '.join(CLIP_CLASSES)}")
+    rng = np.random.default_rng([seed, list(CLIP_CLASSES).index(label)])
+    background = rng.uniform(0, 255, 3)
+    return {
+        # picture
+        "background": background, "background_tilt": rng.uniform(-60, 60, 2),
+        # each channel of the shape 100 to 156 levels from the background's (round the colour wheel),
+        # so the shape is never lost against it
+        "colour": (background + rng.uniform(100, 156, 3)) % 256, "square": bool(rng.random() < 0.5),
+        "radius": rng.uniform(0.07, 0.13), "centre": rng.uniform(0.35, 0.65, 2),
+        "amplitude": rng.uniform(0.12, 0.22), "motion_hz": rng.uniform(0.4, 0.9),
+        "phase": rng.uniform(0, 2 * np.pi), "grain": rng.uniform(0, 25),
+        # sound
+        "pitch_hz": float(np.exp(rng.uniform(np.log(200), np.log(800)))),
+        "harmonics": rng.uniform(0, 1, 4) * np.array([1.0, 0.8, 0.6, 0.4]),
+        "tempo_hz": rng.uniform(1.5, 3.0), "loudness": rng.uniform(0.15, 0.35), "noise": rng.uniform(0.0, 0.03),
+    }
+
+
+def _shape_position(motion: str, p: dict, t: float) -> tuple[float, float, float]:
+    """(x, y, radius) as fractions of the frame size at time t."""
+    angle = 2 * np.pi * p["motion_hz"] * t + p["phase"]
+    (cx, cy), amp, r = p["centre"], p["amplitude"], p["radius"]
+    if motion == "horizontal":
+        return cx + amp * np.sin(angle), cy, r
+    if motion == "vertical":
+        return cx, cy + amp * np.sin(angle), r
+    if motion == "circle":
+        return cx + amp * np.cos(angle), cy + amp * np.sin(angle), r
+    return cx, cy, r * (1 + 0.6 * np.sin(angle))  # breathe
+
+
+def _class_frames(motion: str, p: dict, times: np.ndarray, size: int, rng: np.random.Generator):
+    """The clip's RGB frames (uint8), one per time."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    tilt = p["background_tilt"]
+    background = (p["background"] + (tilt[0] * (x - 0.5) + tilt[1] * (y - 0.5))[..., None]).astype(np.float32)
+    for t in times:
+        cx, cy, r = _shape_position(motion, p, t)
+        inside = (np.maximum(abs(x - cx), abs(y - cy)) < r) if p["square"] else ((x - cx) ** 2 + (y - cy) ** 2 < r * r)
+        frame = background.copy()
+        frame[inside] = p["colour"]
+        frame += p["grain"] * rng.standard_normal(frame.shape, dtype=np.float32)  # sensor-like grain, new every frame
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _class_sound(contour: str, p: dict, seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Mono waveform: a harmonic tone whose pitch follows the class's contour, plus noise."""
+    t = np.arange(int(seconds * rate)) / rate
+    cycle = (t * p["tempo_hz"]) % 1.0  # position within each repetition, 0..1
+    if contour == "rising":
+        semitones = 12 * cycle
+    elif contour == "falling":
+        semitones = 12 * (1 - cycle)
+    elif contour == "trill":
+        semitones = np.where(cycle < 0.5, 0.0, 7.0)
+    else:  # beats
+        semitones = np.zeros_like(t)
+    frequency = p["pitch_hz"] * 2 ** (semitones / 12)
+    phase = 2 * np.pi * np.cumsum(frequency) / rate
+    weights = np.concatenate([[1.0], p["harmonics"]])
+    tone = sum(w * np.sin((k + 1) * phase) for k, w in enumerate(weights)) / weights.sum()
+    envelope = np.minimum(1.0, np.minimum(cycle, 1 - cycle) * 40)  # 12 ms fades: no click per repetition
+    if contour == "beats":
+        envelope = np.where(cycle < 0.5, envelope, 0.0)
+    return p["loudness"] * envelope * tone + p["noise"] * rng.standard_normal(len(t))
+
+
+def write_class_clip(path, label: str, seed: int, *, seconds: float = 3.0, fps: float = 8, size: int = 128,
+                     audio_rate: int = CLASS_AUDIO_RATE, container: str | None = None) -> str:
+    """A clip of class `label` (a key of CLIP_CLASSES): H.264 video of a shape moving as the class
+    says, AAC sound whose pitch contour the class sets; every other property drawn from `seed`.
+    8 fps and 128 px by default: the shards' rate and short side, so sharding keeps every frame."""
+    p = class_clip_params(label, seed)
+    motion, contour = CLIP_CLASSES[label]
+    rng = np.random.default_rng([seed, 7])
+    with av.open(str(path), "w", format=container) as out:
+        video = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options={"preset": "ultrafast"})
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        sound = out.add_stream("aac", rate=audio_rate, layout="mono")
+        for index, image in enumerate(_class_frames(motion, p, np.arange(round(seconds * fps)) / fps, size, rng)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        wave = _class_sound(contour, p, seconds, audio_rate, rng).astype(np.float32)[None]
+        for start in range(0, wave.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, start:start + 1024]), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = audio_rate, start
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+    return str(path)

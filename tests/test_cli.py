@@ -21,16 +21,17 @@ def test_version_and_help():
 
 
 def test_demo_shards_and_verifies_the_built_in_set(run_cli, tmp_path, capsys):
-    assert run_cli("demo", "--out", tmp_path) == 0
+    assert run_cli("demo", "--out", tmp_path, "--train-per-class", "2", "--test-per-class", "1", "--steps", "4") == 0
     out = capsys.readouterr().out
-    assert "verified 2 shards, 4 samples: OK" in out
+    assert "verified 1 shards, 8 samples: OK" in out and "verified 1 shards, 4 samples: OK" in out
     assert re.search(r"^\[demo\] step 4: loss \d+\.\d+ \(recon", out, re.MULTILINE)
     assert sorted(p.name for p in (tmp_path / "backbones").glob("*.safetensors")) == [
         "audio_student.safetensors", "audio_teacher.safetensors", "video_student.safetensors", "video_teacher.safetensors"]
-    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
-    assert manifest["rejected_counts"] == {"corrupt": 1, "empty": 1, "no_audio": 1, "too_short": 1}
-    assert manifest["classes"] == {"ripples": 0, "waves": 1}
-    assert verify(str(tmp_path / "shards"))["problems"] == []
+    classes = {"bounce": 0, "orbit": 1, "pulse": 2, "swing": 3}
+    for split, rejected in (("train", {"corrupt": 1, "empty": 1, "no_audio": 1, "too_short": 1}), ("test", {})):
+        manifest = json.loads((tmp_path / "shards" / split / "manifest.json").read_text())
+        assert manifest["rejected_counts"] == rejected and manifest["classes"] == classes
+        assert verify(str(tmp_path / "shards" / split))["problems"] == []
 
 
 def test_create_warns_when_the_gpu_decoder_cannot_take_the_frame_size(run_cli, tmp_path, capsys):
