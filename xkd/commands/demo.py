@@ -1,11 +1,12 @@
-"""`xkd demo`: the main job on a small built-in sample set. Makes labelled synthetic videos (four
-classes that sound and picture share, in train and held-out splits, plus inputs that must be
-rejected), shards both splits, verifies them, pretrains XKD-tiny on the train split with `xkd
-pretrain` (preset xkd_demo: DALI pipeline, DeepSpeed engine, EMA teachers, checkpoints), and exports
-the four backbones. Evaluation joins the demo when it lands."""
+"""`xkd demo`: the main job, end to end, on a built-in labelled sample set. Makes synthetic videos in
+which sound and picture carry the same class (four classes, train and held-out splits, plus inputs
+that must be rejected), shards both splits and verifies them, pretrains XKD-tiny on the train split
+with `xkd pretrain` (preset xkd_demo: DALI pipeline, DeepSpeed engine, EMA teachers, checkpoints, the
+kNN monitor on the held-out split), exports the backbones, extracts features of both splits with
+`xkd eval features`, and scores them with `xkd eval svm` (C by cross-validation on train), beside
+the same encoders at random initialisation. Prints the table and writes demo.png."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from xkd.commands.checks import positive_int, unwritable_folder
 from xkd.demo import make_sample_set
 
 PRESET = "xkd_demo"
+MODALITIES = ("video", "audio")
 
 
 def register(subparsers) -> None:
@@ -24,6 +26,8 @@ def register(subparsers) -> None:
                       help="stop pretraining after this many steps (default: the preset's whole schedule)")
     demo.add_argument("--train-per-class", type=positive_int, default=100, help="training clips per class (default: 100)")
     demo.add_argument("--test-per-class", type=positive_int, default=50, help="held-out clips per class (default: 50)")
+    demo.add_argument("--role", choices=["teacher", "student"], default="teacher",
+                      help="which pretrained backbones to score (default: teacher)")
     demo.set_defaults(func=run_demo)
 
 
@@ -48,6 +52,9 @@ def run_demo(args) -> int:
         pretrain += ["--set", f"train.max_steps={args.steps}"]
     if train_clips < load_config(PRESET).data.batch_size:  # a small set still makes a whole batch
         pretrain += ["--set", f"data.batch_size={train_clips}"]
+    knn_every = max(1, load_config(PRESET).train.epochs // 4)  # four readings over the schedule
+    pretrain += ["--set", f"train.knn_every_epochs={knn_every}", "--set", f"train.knn_train_shards={train_shards}",
+                 "--set", f"train.knn_test_shards={test_shards}"]
     workers = ["--workers", str(args.workers)]
     steps = [
         ["shards", "create", manifest, train_shards, "--split", "train", "--samples-per-shard", "100", *workers],
@@ -57,18 +64,44 @@ def run_demo(args) -> int:
         pretrain,
         ["export", run_dir, backbones],
     ]
+    features = os.path.join(folder, "features")
+    results = os.path.join(folder, "results")
+    # (the backbone, if any, then the options): `xkd eval features` takes its paths together
+    sources = {"pretrained": ([backbones], ["--role", args.role]), "random-init": ([], ["--random-init", PRESET])}
+    for name, (backbone, options) in sources.items():
+        for split, shards in (("train", train_shards), ("test", test_shards)):
+            steps.append(["eval", "features", *backbone, shards, os.path.join(features, name, split), *options,
+                          "--config", PRESET])
+        for modality in MODALITIES:
+            steps.append(["eval", "svm", os.path.join(features, name, "train"), os.path.join(features, name, "test"),
+                          "--modality", modality, "--dataset", "demo", "--out",
+                          os.path.join(results, f"{name}_{modality}.json")])
     for step in steps:
         print(f"[demo] xkd {' '.join(step)}", flush=True)
         status = main(step)
         if status:
             print(f"[demo] step failed with exit code {status}", file=sys.stderr)
             return status
-    with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
-        for line in handle:
-            record = json.loads(line)
-            if "loss" in record:
-                print(f"[demo] step {record['step']}: loss {record['loss']:.3f} (recon {record['loss_recon']:.3f}, "
-                      f"kd {record['loss_kd']:.3f}, align {record['loss_align']:.3f})")
-    print(f"[demo] backbones in {backbones}")
-    print(f"[demo] done: shards in {train_shards} and {test_shards}")
+    return _summary(folder, run_dir, results, len(CLIP_CLASSES))
+
+
+def _summary(folder: str, run_dir: str, results: str, classes: int) -> int:
+    from xkd.demo_report import accuracy_table, read_metrics, write_figure
+    from xkd.eval.results import read_results
+
+    losses, knn = read_metrics(run_dir)
+    first, last = losses[0], losses[-1]
+    print(f"[demo] pretraining: loss {first['loss']:.3f} at step {first['step']} -> {last['loss']:.3f} at step "
+          f"{last['step']} (recon {last['loss_recon']:.3f}, kd {last['loss_kd']:.3f}, align {last['loss_align']:.3f})")
+    for record in knn:
+        print(f"[demo] kNN top-1 on the held-out split at step {record['step']}: video "
+              f"{record['knn_top1_video']:.1f}%, audio {record['knn_top1_audio']:.1f}%")
+    accuracies = {name: {m: next(r.top1 for r in read_results(os.path.join(results, f"{name}_{m}.json"))
+                                 if r.protocol == "svm-cv") for m in MODALITIES}
+                  for name in ("random-init", "pretrained")}
+    print("[demo] held-out SVM top-1 (C by cross-validation on the train split; chance "
+          f"{100 / classes:.0f}%):\n{accuracy_table(accuracies)}")
+    figure = write_figure(os.path.join(folder, "demo.png"), run_dir, accuracies, 100 / classes)
+    print(f"[demo] figure: {figure}")
+    print(f"[demo] done: everything is in {folder}")
     return 0
