@@ -1,6 +1,4 @@
-"""The `xkd` command and the README's demo."""
-import json
-import re
+"""The `xkd` command: usage errors and warnings (the README's demo: tests/test_demo.py)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from shards.synthetic import write_clip
-from shards.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,20 +15,6 @@ def test_version_and_help():
     assert result.returncode == 0 and result.stdout.startswith("xkd ")
     result = subprocess.run([sys.executable, "-m", "xkd", "shards", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and all(word in result.stdout for word in ("create", "verify", "stats"))
-
-
-def test_demo_shards_and_verifies_the_built_in_set(run_cli, tmp_path, capsys):
-    assert run_cli("demo", "--out", tmp_path, "--train-per-class", "2", "--test-per-class", "1", "--steps", "4") == 0
-    out = capsys.readouterr().out
-    assert "verified 1 shards, 8 samples: OK" in out and "verified 1 shards, 4 samples: OK" in out
-    assert re.search(r"^\[demo\] step 4: loss \d+\.\d+ \(recon", out, re.MULTILINE)
-    assert sorted(p.name for p in (tmp_path / "backbones").glob("*.safetensors")) == [
-        "audio_student.safetensors", "audio_teacher.safetensors", "video_student.safetensors", "video_teacher.safetensors"]
-    classes = {"bounce": 0, "orbit": 1, "pulse": 2, "swing": 3}
-    for split, rejected in (("train", {"corrupt": 1, "empty": 1, "no_audio": 1, "too_short": 1}), ("test", {})):
-        manifest = json.loads((tmp_path / "shards" / split / "manifest.json").read_text())
-        assert manifest["rejected_counts"] == rejected and manifest["classes"] == classes
-        assert verify(str(tmp_path / "shards" / split))["problems"] == []
 
 
 def test_create_warns_when_the_gpu_decoder_cannot_take_the_frame_size(run_cli, tmp_path, capsys):

@@ -2,6 +2,7 @@
 runs through the real commands, and the end shows the held-out accuracies of the pretrained and the
 random-init backbones as a table and a figure."""
 import json
+import re
 
 import pytest
 
@@ -25,5 +26,12 @@ def test_a_short_demo_runs_every_stage_and_reports_both_baselines(run_cli, tmp_p
     meta = json.loads((tmp_path / "features" / "pretrained" / "test" / "features.json").read_text())
     assert meta["backbones"]["video"]["role"] == "teacher" and meta["backbones"]["video"]["kind"] == "file"
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rejected = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())["rejected"]
-    assert len(rejected) >= 3  # the broken inputs the sample set carries are named, not fatal
+    assert "verified 1 shards, 16 samples: OK" in out and "verified 1 shards, 8 samples: OK" in out
+    assert re.search(r"^\[demo\] pretraining: loss \d+\.\d+ at step \d+ -> \d+\.\d+ at step 2 \(recon", out, re.MULTILINE)
+    assert sorted(p.name for p in (tmp_path / "backbones").glob("*.safetensors")) == [
+        "audio_student.safetensors", "audio_teacher.safetensors", "video_student.safetensors", "video_teacher.safetensors"]
+    classes = {"bounce": 0, "orbit": 1, "pulse": 2, "swing": 3}
+    # the broken inputs the sample set carries are named and left out, not fatal
+    for split, rejected in (("train", {"corrupt": 1, "empty": 1, "no_audio": 1, "too_short": 1}), ("test", {})):
+        manifest = json.loads((tmp_path / "shards" / split / "manifest.json").read_text())
+        assert manifest["rejected_counts"] == rejected and manifest["classes"] == classes
