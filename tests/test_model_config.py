@@ -34,7 +34,8 @@ AUTHORS_BASE_TRAIN = {"epochs": 800, "warmup_epochs": 30}  # the presets for sho
 
 
 def variant_presets() -> list[str]:
-    return sorted(name for name in available_presets() if name != "xkd_micro")
+    # the unit-test and demo presets change the input geometry and schedule on purpose (their YAML says why)
+    return sorted(name for name in available_presets() if name not in ("xkd_micro", "xkd_demo"))
 
 
 @pytest.mark.parametrize("preset", variant_presets())
