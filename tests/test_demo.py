@@ -31,6 +31,10 @@ def test_a_short_demo_runs_every_stage_and_reports_both_baselines(run_cli, tmp_p
     assert sorted(p.name for p in (tmp_path / "backbones").glob("*.safetensors")) == [
         "audio_student.safetensors", "audio_teacher.safetensors", "video_student.safetensors", "video_teacher.safetensors"]
     classes = {"bounce": 0, "orbit": 1, "pulse": 2, "swing": 3}
+    # run again into the same folder: every stage finds its work done (shards, checkpoint, features)
+    assert run_cli("demo", "--out", tmp_path, "--train-per-class", "4", "--test-per-class", "2", "--steps", "2",
+                   "--workers", "1") == 0
+    assert capsys.readouterr().out.count(": already complete") == 4
     # the broken inputs the sample set carries are named and left out, not fatal
     for split, rejected in (("train", {"corrupt": 1, "empty": 1, "no_audio": 1, "too_short": 1}), ("test", {})):
         manifest = json.loads((tmp_path / "shards" / split / "manifest.json").read_text())

@@ -52,7 +52,7 @@ def run_demo(args) -> int:
         pretrain += ["--set", f"train.max_steps={args.steps}"]
     if train_clips < load_config(PRESET).data.batch_size:  # a small set still makes a whole batch
         pretrain += ["--set", f"data.batch_size={train_clips}"]
-    knn_every = max(1, load_config(PRESET).train.epochs // 4)  # four readings over the schedule
+    knn_every = max(1, load_config(PRESET).train.epochs // 3)  # three readings over the schedule
     pretrain += ["--set", f"train.knn_every_epochs={knn_every}", "--set", f"train.knn_train_shards={train_shards}",
                  "--set", f"train.knn_test_shards={test_shards}"]
     workers = ["--workers", str(args.workers)]
@@ -82,7 +82,20 @@ def run_demo(args) -> int:
         if status:
             print(f"[demo] step failed with exit code {status}", file=sys.stderr)
             return status
+        if step is pretrain and _stopped_by_signal(run_dir):  # a checkpoint is saved; the rest waits
+            print(f"[demo] pretraining was stopped by a signal; `xkd demo --out {folder}` continues it",
+                  file=sys.stderr)
+            return 143
     return _summary(folder, run_dir, results, len(CLIP_CLASSES))
+
+
+def _stopped_by_signal(run_dir: str) -> bool:
+    """Whether the run's last event is a stop (SIGTERM: `xkd pretrain` saves a checkpoint and exits 0)."""
+    import json
+
+    with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
+        events = [json.loads(line).get("event") for line in handle if '"event"' in line]
+    return bool(events) and events[-1] == "stopped"
 
 
 def _summary(folder: str, run_dir: str, results: str, classes: int) -> int:

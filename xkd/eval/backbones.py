@@ -28,11 +28,14 @@ class EvalBackbone:
     info: dict  # provenance recorded in features.json: kind, path, role, sha256, encoder, input
 
 
-def _sha256(path: Path) -> str:
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights themselves (names, dtypes, shapes, values in name order), not of the
+    file: safetensors writes its metadata in no fixed order, so equal weights can differ in bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -84,7 +87,7 @@ def _from_file(path: Path, cfg: ExperimentConfig, role: str | None) -> EvalBackb
     meta = _read_meta(path)
     check_fits(meta, cfg, str(weights))
     encoder, meta = load_backbone(path)
-    info = {"kind": "file", "path": str(weights.resolve()), "sha256": _sha256(weights), "role": role,
+    info = {"kind": "file", "path": str(weights.resolve()), "sha256": weights_sha256(encoder.state_dict()), "role": role,
             "modality": meta["modality"], "encoder": meta["encoder"], "input": meta["input"],
             "source": meta.get("source", {})}
     return EvalBackbone(meta["modality"], encoder.eval(), info)
