@@ -63,10 +63,13 @@ def free_port() -> int:
 
 def run_launcher(*args) -> None:
     """`deepspeed --num_gpus 2 xkd ...`: two processes on this machine."""
-    launcher = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+    port = free_port()
+    launcher = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port)]
     done = subprocess.run([*launcher, str(BIN / "xkd"), *args], env=ENV, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    # DeepSpeed's CPU all-reduce segments (66 MB of RAM per rank) are not left behind in /dev/shm
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def run_two_nodes(hostfile: Path, *args) -> None:

@@ -91,7 +91,35 @@ def start_process() -> Process:
         torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
     if not torch.distributed.is_initialized() or not deepspeed.comm.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        if not on_gpu:
+            _unlink_shared_memory_segment(rank, world)
     return Process(rank, world, local_rank, device)
+
+
+SHM_FOLDER = "/dev/shm"
+
+
+def shared_memory_segment(rank: int) -> str:
+    """Where DeepSpeed's CPU backend puts this rank's all-reduce workspace (POSIX shared memory,
+    named after the user, MASTER_ADDR and MASTER_PORT)."""
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_" \
+           f"{os.environ.get('MASTER_PORT', '')}_{rank}"
+    return os.path.join(SHM_FOLDER, name)
+
+
+def _unlink_shared_memory_segment(rank: int, world: int) -> None:
+    """DeepSpeed's CPU backend gives each rank of a one-machine world a 66 MB shared-memory segment
+    and never unlinks it: every two-process run on CPUs left 130 MB in /dev/shm (RAM) until the
+    machine ran out and launches hung. Once every rank has mapped the others' segments (they do so
+    inside init_distributed; the barrier says all are past it) the names are not needed any more:
+    each rank removes its own, and the memory goes back when the processes exit."""
+    if world < 2 or int(os.environ.get("LOCAL_SIZE", "0")) != world:
+        return  # DeepSpeed makes segments only when every rank is on this machine
+    torch.distributed.barrier()
+    try:
+        os.remove(shared_memory_segment(rank))
+    except FileNotFoundError:
+        pass
 
 
 def all_max(tensor: torch.Tensor) -> None:
