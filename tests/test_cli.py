@@ -102,6 +102,8 @@ USAGE_ERRORS = {
     "demo: output is a file": (["demo", "--out", "{file}"], "--out {file}: exists and is not a folder"),
     "demo: no steps": (["demo", "--steps", "0", "--out", "{file}"], "--steps: 0: must be at least 1"),
     "demo: no workers": (["demo", "--workers", "0", "--out", "{file}"], "--workers: 0: must be at least 1"),
+    "demo: no fine-tuning epochs": (["demo", "--finetune", "--finetune-epochs", "0", "--out", "{file}"],
+                                    "--finetune-epochs: 0: must be at least 1"),
 }
 
 

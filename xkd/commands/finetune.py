@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("finetune", help="fine-tune a backbone end to end on labelled shards (DeepSpeed)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True,
-                        help="fine-tuning preset (ft_ucf101, ft_hmdb51, ft_kinetics, ft_esc50, ft_fsd50k; ft_tiny, ft_micro) "
+                        help="fine-tuning preset (ft_ucf101, ft_hmdb51, ft_kinetics, ft_esc50, ft_fsd50k; ft_tiny, ft_micro, ft_demo) "
                              "or a YAML file")
     parser.add_argument("--backbone", default=None, help="an `xkd export` folder or a backbone file (.safetensors/.json)")
     parser.add_argument("--random-init", metavar="PRESET", default=None,
