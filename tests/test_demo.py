@@ -46,9 +46,9 @@ def test_a_short_demo_runs_every_stage_and_reports_both_baselines(short_demo, ru
     assert sorted(p.name for p in (tmp_path / "backbones").glob("*.safetensors")) == [
         "audio_student.safetensors", "audio_teacher.safetensors", "video_student.safetensors", "video_teacher.safetensors"]
     classes = {"bounce": 0, "orbit": 1, "pulse": 2, "swing": 3}
-    # run again into the same folder: every stage finds its work done (shards, checkpoint, features)
+    # run again into the same folder: every stage finds its work done (sample set, shards, checkpoint, features)
     assert run_cli("demo", "--out", tmp_path, *SHORT) == 0
-    assert capsys.readouterr().out.count(": already complete") == 4
+    assert capsys.readouterr().out.count(": already complete") == 5
     # the broken inputs the sample set carries are named and left out, not fatal
     for split, rejected in (("train", {"corrupt": 1, "empty": 1, "no_audio": 1, "too_short": 1}), ("test", {})):
         manifest = json.loads((tmp_path / "shards" / split / "manifest.json").read_text())
@@ -60,7 +60,7 @@ def test_finetune_fine_tunes_both_video_backbones_and_reports_them(short_demo, r
     # into the short demo's folder: its stages are found done, then one epoch (one step of 16 clips) each
     assert run_cli("demo", "--out", folder, *SHORT, "--finetune", "--finetune-epochs", "1") == 0
     out = capsys.readouterr().out
-    assert out.count(": already complete") == 4 and out.count("[demo] xkd finetune --config ft_demo") == 2
+    assert out.count(": already complete") == 5 and out.count("[demo] xkd finetune --config ft_demo") == 2
     for name, backbone in (("pretrained", "backbones teacher"), ("random-init", "random-init xkd_demo (seed 0)")):
         [result] = read_results(folder / "finetune" / name / "result.json")
         assert (result.protocol, result.modality, result.dataset, result.backbone) == \
@@ -75,4 +75,4 @@ def test_finetune_fine_tunes_both_video_backbones_and_reports_them(short_demo, r
     # again: the fine-tuning runs are found done too, not tested again
     assert run_cli("demo", "--out", folder, *SHORT, "--finetune", "--finetune-epochs", "1") == 0
     out = capsys.readouterr().out
-    assert out.count(": already complete") == 6 and "xkd finetune" not in out and "after fine-tuning" in out
+    assert out.count(": already complete") == 7 and "xkd finetune" not in out and "after fine-tuning" in out

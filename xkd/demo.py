@@ -32,6 +32,12 @@ def make_sample_set(folder: str, train_per_class: int = 100, test_per_class: int
                 # every fifth clip in Matroska: users bring more than one container
                 name = f"{label}/{split}{index:04d}.{'mkv' if index % 5 == 4 else 'mp4'}"
                 clips.append((name, label, split, index + (TEST_SEED_OFFSET if split == "test" else 0)))
+    rows = [(name, label, split) for name, label, split, _ in clips] + _broken_rows(next(iter(CLIP_CLASSES)))
+    manifest = os.path.join(videos, "manifest.csv")
+    text = "".join(",".join(row) + "\n" for row in [("path", "label", "split"), *rows])
+    if os.path.exists(manifest) and open(manifest).read() == text:
+        print(f"[demo] sample set {videos}: already complete")
+        return manifest  # written last, so every clip it lists is there
     jobs = [(os.path.join(videos, name), label, seed) for name, label, _, seed in clips]
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -39,9 +45,8 @@ def make_sample_set(folder: str, train_per_class: int = 100, test_per_class: int
         for _ in tqdm(done, total=len(jobs), unit="clip", desc="sample set", disable=not progress,
                       file=sys.stderr, dynamic_ncols=True):
             pass
-    rows = [(name, label, split) for name, label, split, _ in clips] + _broken_inputs(videos, next(iter(CLIP_CLASSES)))
-    manifest = os.path.join(videos, "manifest.csv")
-    atomic_write_text(manifest, "".join(",".join(row) + "\n" for row in [("path", "label", "split"), *rows]))
+    _write_broken_inputs(videos)
+    atomic_write_text(manifest, text)
     return manifest
 
 
@@ -54,8 +59,16 @@ def _write_clip(job: tuple[str, str, int]) -> None:
     atomic_write(path, lambda tmp: write_class_clip(tmp, label, seed, container=container))
 
 
-def _broken_inputs(videos: str, label: str) -> list[tuple[str, str, str]]:
-    """Inputs the shard tool rejects, one per reason, as manifest rows of the train split."""
+BROKEN_INPUTS = ("no_audio.avi", "short.mp4", "empty.mp4", "notes.mp4")
+
+
+def _broken_rows(label: str) -> list[tuple[str, str, str]]:
+    """The broken inputs as manifest rows of the train split."""
+    return [(f"broken/{name}", label, "train") for name in BROKEN_INPUTS]
+
+
+def _write_broken_inputs(videos: str) -> None:
+    """Inputs the shard tool rejects, one per reason."""
     from shards.synthetic import write_clip
 
     folder = os.path.join(videos, "broken")
@@ -65,5 +78,3 @@ def _broken_inputs(videos: str, label: str) -> list[tuple[str, str, str]]:
     open(os.path.join(folder, "empty.mp4"), "wb").close()
     with open(os.path.join(folder, "notes.mp4"), "w") as handle:
         handle.write("not a video\n" * 50)
-    names = ("no_audio.avi", "short.mp4", "empty.mp4", "notes.mp4")
-    return [(f"broken/{name}", label, "train") for name in names]
