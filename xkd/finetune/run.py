@@ -1,6 +1,6 @@
 """One fine-tuning run from its arguments: `prepare` checks every input before DeepSpeed starts (the
 config, the backbone against it, the shard sets and their labels), `train` runs the loop on this
-process, and `finetune` does both in a world of one: the library entry point (`xkd demo` calls it).
+process, and `finetune` does both in a world of one: the library entry point.
 `xkd finetune` (xkd/commands/finetune.py) is `prepare` + `train` with messages and exit statuses."""
 from __future__ import annotations
 
