@@ -63,6 +63,9 @@ def test_finetune_fine_tunes_both_video_backbones_and_reports_them(short_demo, r
     assert out.count(": already complete") == 5 and out.count("[demo] xkd finetune --config ft_demo") == 2
     for name, backbone in (("pretrained", "backbones teacher"), ("random-init", "random-init xkd_demo (seed 0)")):
         [result] = read_results(folder / "finetune" / name / "result.json")
+        # the file records the fine-tuning command itself, not the demo's (or pytest's) command line
+        command = json.loads((folder / "finetune" / name / "result.json").read_text())["command"]
+        assert command.startswith("xkd finetune --config ft_demo ") and "--out" in command, command
         assert (result.protocol, result.modality, result.dataset, result.backbone) == \
             ("finetune", "video", "demo", backbone)
         assert (result.n_train, result.n_test, result.settings["epochs"], result.settings["steps"]) == (16, 8, 1, 1)

@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = [str(word) for word in (sys.argv[1:] if argv is None else argv)]
     args = parser.parse_args(argv)
+    # the words of this command, for the files that record how they were made (not the caller's
+    # sys.argv when the demo or a test calls main); the launcher's --local_rank is not the user's
+    args.argv = [word for word in argv if not word.startswith(("--local_rank", "--local-rank"))]
     return int(args.func(args) or 0)
 
 

@@ -80,7 +80,7 @@ def make_result(args, pair, protocol: str, **values):
 
 def command_line(args) -> str:
     words = ["xkd", "eval", args.eval_command, str(args.train), str(args.test)]
-    skipped = ("train", "test", "func", "command", "eval_command", "local_rank")
+    skipped = ("train", "test", "func", "command", "eval_command", "local_rank", "argv")
     for name, value in sorted(vars(args).items()):
         if name in skipped or value is None or value is False:
             continue

@@ -70,7 +70,7 @@ def run(args) -> int:
         # every rank checks the same files and comes to the same verdict: no rank waits for a refused one
         inputs = prepare(args.config, args.backbone, args.train, args.val, test=args.test,
                          random_init=args.random_init, role=args.role, seed=args.seed, overrides=args.set,
-                         dataset=args.dataset, fold=args.fold, command=shlex.join(["xkd", *sys.argv[1:]]))
+                         dataset=args.dataset, fold=args.fold, command=shlex.join(["xkd", *args.argv]))
     except (ConfigError, FinetuneRefused) as error:
         return _refuse(str(error))
     rank, world_size = launched_rank()
