@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 SPLITS = ("train", "test")
 TEST_SEED_OFFSET = 1_000_000  # held-out clips draw other seeds, so none repeats a training clip
@@ -35,7 +36,7 @@ def make_sample_set(folder: str, train_per_class: int = 100, test_per_class: int
     rows = [(name, label, split) for name, label, split, _ in clips] + _broken_rows(next(iter(CLIP_CLASSES)))
     manifest = os.path.join(videos, "manifest.csv")
     text = "".join(",".join(row) + "\n" for row in [("path", "label", "split"), *rows])
-    if os.path.exists(manifest) and open(manifest).read() == text:
+    if os.path.exists(manifest) and Path(manifest).read_text() == text:
         print(f"[demo] sample set {videos}: already complete")
         return manifest  # written last, so every clip it lists is there
     jobs = [(os.path.join(videos, name), label, seed) for name, label, _, seed in clips]

@@ -2,6 +2,7 @@
 the `deepspeed` launcher (which also passes --local_rank; the environment is read instead)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -96,30 +97,20 @@ def start_process() -> Process:
     return Process(rank, world, local_rank, device)
 
 
-SHM_FOLDER = "/dev/shm"
-
-
-def shared_memory_segment(rank: int) -> str:
-    """Where DeepSpeed's CPU backend puts this rank's all-reduce workspace (POSIX shared memory,
-    named after the user, MASTER_ADDR and MASTER_PORT)."""
-    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_" \
-           f"{os.environ.get('MASTER_PORT', '')}_{rank}"
-    return os.path.join(SHM_FOLDER, name)
-
-
 def _unlink_shared_memory_segment(rank: int, world: int) -> None:
-    """DeepSpeed's CPU backend gives each rank of a one-machine world a 66 MB shared-memory segment
-    and never unlinks it: every two-process run on CPUs left 130 MB in /dev/shm (RAM) until the
-    machine ran out and launches hung. Once every rank has mapped the others' segments (they do so
-    inside init_distributed; the barrier says all are past it) the names are not needed any more:
-    each rank removes its own, and the memory goes back when the processes exit."""
+    """DeepSpeed's CPU backend gives each rank of a one-machine world a 66 MB POSIX shared-memory
+    segment (/dev/shm/deepspeed_allreduce_buffer_UID_ADDR_PORT_RANK) and never unlinks it: every
+    two-process run on CPUs left 130 MB in /dev/shm (RAM) until the machine ran out and launches hung.
+    Once every rank has mapped the others' segments (they do so inside init_distributed; the barrier
+    says all are past it) the names are not needed any more: each rank removes its own, and the
+    memory goes back when the processes exit."""
     if world < 2 or int(os.environ.get("LOCAL_SIZE", "0")) != world:
         return  # DeepSpeed makes segments only when every rank is on this machine
     torch.distributed.barrier()
-    try:
-        os.remove(shared_memory_segment(rank))
-    except FileNotFoundError:
-        pass
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_" \
+           f"{os.environ.get('MASTER_PORT', '')}_{rank}"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join("/dev/shm", name))
 
 
 def all_max(tensor: torch.Tensor) -> None:
