@@ -14,6 +14,8 @@ one epoch (every epoch builds a new DALI pipeline).
     python benchmarks/bench_train.py                  # tiny preset, CPU: batch 4, 5 + 30 steps
     python benchmarks/bench_train.py --config xkd_base --batch-size 32 \\
         --deepspeed-config zero2.json --out benchmarks/results/train_h100.json
+    python benchmarks/bench_train.py --config xkd_base --deepspeed-config zero2.json \\
+        --set train.compile=default   # the transformer blocks compiled (results: train_*_compiled_default_*)
 
 Goal: end to end >= 90% of model-only on an H100 with ViT-B (xkd_base). The last line printed is
 one JSON object; `--out` (default on CUDA: benchmarks/results/) also writes it to a file.
@@ -178,7 +180,7 @@ def main(argv=None) -> int:
         "e2e_step_ms": round(e2e["step_ms"], 2), "model_only_step_ms": round(model_only["step_ms"], 2),
         "device": device, "preset": cfg.name, "variant": cfg.model.variant, "batch_size": batch_size,
         "world_size": process.world_size, "zero_stage": e2e["zero_stage"], "precision": e2e["precision"],
-        "deepspeed_config": Path(ds_path).name, "loader": args.loader, "data_threads": cfg.data.num_threads,
+        "deepspeed_config": Path(ds_path).name, "compile": cfg.train.compile, "loader": args.loader, "data_threads": cfg.data.num_threads,
         "warmup_steps": warmup, "timed_steps": steps, "epochs_in_timed_steps": e2e["epochs_in_timed_steps"],
         "shards": args.shards or f"{args.clips} clips of 6 s (bench_pipeline), shards repeated",
         "e2e_peak_rss_mib": round(e2e["rss_mib"], 1),
@@ -188,7 +190,8 @@ def main(argv=None) -> int:
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__, "deepspeed": deepspeed.__version__, "dali": nvidia.dali.__version__,
     }
-    report(result, args.out, device if on_gpu else None, stem=f"train_{cfg.name}")
+    compiled = "" if cfg.train.compile == "none" else f"_compiled_{cfg.train.compile}"
+    report(result, args.out, device if on_gpu else None, stem=f"train_{cfg.name}{compiled}")
     return 0
 
 

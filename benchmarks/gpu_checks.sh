@@ -10,10 +10,12 @@
 #   bash benchmarks/gpu_checks.sh model      # one XKD step with ViT-B in bf16 at 32 and 128 clips: TFLOP/s, share
 #                                            # of the bf16 matrix-product peak (goal: half), largest kernels
 #   bash benchmarks/gpu_checks.sh train      # the whole loop, ViT-B, ZeRO-2 bf16: end to end vs model only (goal: 90%)
+#   bash benchmarks/gpu_checks.sh compiled   # the model step and the whole loop again with every transformer block
+#                                            # compiled (train.compile=default): fewer, fused kernels
 #   bash benchmarks/gpu_checks.sh bench      # `xkd bench --quick` with ViT-B: every stage on the GPU, once, with
 #                                            # the smallest workloads (a check that it runs, not figures)
 #   bash benchmarks/gpu_checks.sh finetune   # fine-tuning steps, ViT-B at 224 px (ft_ucf101), ZeRO-2 bf16: clips/s
-#   bash benchmarks/gpu_checks.sh all        # the eight in turn
+#   bash benchmarks/gpu_checks.sh all        # the nine in turn
 #
 # The benchmarks write their figures to benchmarks/results/*_<GPU name>.json. When $OUT is set (a
 # device session), each stage's log and those result files are copied there as well. Every stage
@@ -50,7 +52,7 @@ if ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
   exit 2
 fi
 stages=("$@")
-[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline decode stages model train finetune bench)
+[[ ${#stages[@]} -eq 0 || ${stages[0]} == all ]] && stages=(tests pipeline decode stages model train compiled finetune bench)
 gpu_file=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "_"))')
 for stage in "${stages[@]}"; do
   case $stage in
@@ -67,11 +69,16 @@ for stage in "${stages[@]}"; do
         --out "benchmarks/results/bench_model_base_b128_$gpu_file.json" ;;
     train) run_stage train "$python" benchmarks/bench_train.py --config xkd_base \
       --deepspeed-config zero2.json ;;
+    compiled)
+      run_stage model_compiled "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 32 \
+        --compile default --profile
+      run_stage train_compiled "$python" benchmarks/bench_train.py --config xkd_base --deepspeed-config zero2.json \
+        --set train.compile=default ;;
     bench) run_stage bench "$python" -m xkd bench --device cuda --preset base --quick --repeats 2 \
       --out "${OUT:-${TMPDIR:-/tmp}}/bench_quick" ;;
     finetune) run_stage finetune "$python" benchmarks/bench_finetune.py --backbone-preset xkd_base \
       --deepspeed-config zero2.json ;;
-    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, decode, stages, model, train, finetune, bench, all)" >&2
+    *) echo "gpu_checks: unknown stage '$stage' (tests, pipeline, decode, stages, model, train, compiled, finetune, bench, all)" >&2
        exit 2 ;;
   esac
 done

@@ -72,8 +72,9 @@ install() {
   done
   PYTHONPATH=$site:$PWD python3 - <<'EOF'
 import importlib
+# triton: torch.compile's GPU kernels (train.compile, the `compiled` stage) come from the machine's own torch
 for name in ("nvidia.dali", "webdataset", "deepspeed", "soundfile", "av", "skvideo", "torch", "timm", "torchaudio",
-             "matplotlib", "xkd"):
+             "triton", "matplotlib", "xkd"):
     try:
         module = importlib.import_module(name)
         print(f"  ok   {name} {getattr(module, '__version__', '')}")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # each benchmark script end to end
 
@@ -49,3 +50,24 @@ def test_benchmark_prints_its_json_last(script):
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert keys <= set(last), sorted(keys - set(last))
     assert all(last[k] > 0 for k in keys if isinstance(last[k], (int, float)))
+
+
+
+def test_bench_model_with_compiled_blocks_counts_the_eager_flops(tmp_path):
+    """--compile: the step's FLOPs, which its TFLOP/s and share of the peak rest on, are those of the
+    eager model (the counter sees the matrix products inside the compiled blocks too)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_model import build, count_flops
+    from xkd.models.synthetic import synthetic_batch
+
+    out = tmp_path / "compiled.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_model.py"), "--variants", "xkd",
+                           "--iters", "1", "--warmup", "1", "--batch-size", "2", "--compile", "default",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    compiled = json.loads(out.read_text())
+    assert compiled["compile"] == "default" and "sdpa_speedup_step" not in compiled  # eager-only comparison
+    cfg, model, _ = build("tiny", "xkd", torch.device("cpu"))
+    eager_gflops = count_flops(model, synthetic_batch(cfg.data, 2), torch.device("cpu")) / 2 / 1e9
+    assert compiled["gflops_per_clip"] == pytest.approx(eager_gflops, rel=1e-3)

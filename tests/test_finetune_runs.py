@@ -174,3 +174,19 @@ def test_bf16_zero2_on_a_gpu_learns_and_tests(shards, tmp_path):
     assert len(values) == 5 and values[-1] < 0.9 * values[0], values
     result = json.loads((run / "result.json").read_text())["results"][0]
     assert result["settings"]["precision"] == "bf16" and result["top1"] > 50.0
+
+
+def test_compiled_blocks_fine_tune_as_the_eager_ones_do(shards, tmp_path):
+    """train.compile: the encoder's blocks compiled (inductor on CPU); with no random drop paths (the
+    compiled kernels draw other random numbers) the losses and the validation match the eager run's."""
+    sets = ["train.epochs=2", "train.drop_path=0.0"]
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    run_plain(*finetune_args(shards, eager, *sets))
+    run_plain(*finetune_args(shards, compiled, *sets, "train.compile=default"))
+    started = next(r for r in records(compiled) if r.get("event") == "started")
+    assert started["compile"] == "default" and started["compiled_blocks"] > 0
+    expected, got = losses(eager), losses(compiled)
+    assert sorted(got) == sorted(expected) == list(range(1, 9))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+    assert validations(compiled) == pytest.approx(validations(eager))

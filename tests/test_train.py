@@ -401,6 +401,23 @@ def test_variants_mas_with_zero1_and_the_reference_loader(train_shards, tmp_path
     assert again.returncode == 2 and "--resume auto" in again.stderr
 
 
+def test_compiled_blocks_train_as_the_eager_ones_do(train_shards, tmp_path):
+    """train.compile: students' and teachers' blocks compiled (inductor on CPU), same losses step by
+    step as the eager run, and the run's checkpoints export as any other's."""
+    sets = ["train.max_steps=3", "train.log_every_steps=1", "train.base_lr=0.5"]
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    run_plain(*pretrain_args(train_shards, eager, *sets))
+    run_plain(*pretrain_args(train_shards, compiled, *sets, "train.compile=default"))
+    started = next(r for r in records(compiled) if r.get("event") == "started")
+    assert started["compile"] == "default" and started["compiled_blocks"] == 2 * (2 + 2 + 1)  # student, teacher, decoder
+    expected, got = losses(eager), losses(compiled)
+    assert sorted(got) == sorted(expected) == [1, 2, 3] and expected[3] != expected[1]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+    run_plain("export", compiled, tmp_path / "out")
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) == 4
+
+
 def test_bad_runs_are_refused_with_a_reason(train_shards, tmp_path):
     missing = run_plain(*pretrain_args(tmp_path / "nowhere", tmp_path / "a"), check=False)
     assert missing.returncode == 2 and "nowhere" in missing.stderr
@@ -415,6 +432,9 @@ def test_bad_runs_are_refused_with_a_reason(train_shards, tmp_path):
     clash = run_plain("pretrain", "--config", "xkd_tiny", "--shards", str(train_shards), "--out",
                       str(tmp_path / "d"), "--deepspeed-config", str(conflicting), check=False)
     assert clash.returncode == 2 and "train_batch_size" in clash.stderr and "data.batch_size" in clash.stderr
+    compiled_zero3 = run_plain(*pretrain_args(train_shards, tmp_path / "e", "train.compile=default",
+                                              ds="zero3_fp32.json"), check=False)
+    assert compiled_zero3.returncode == 2 and "train.compile=default with ZeRO-3" in compiled_zero3.stderr
 
 
 def test_a_sample_that_does_not_decode_is_named_and_left_out(train_shards, tmp_path):

@@ -128,6 +128,10 @@ class LossConfig:
     refine_mode: Literal["mean", "softmax", "none"] = "mean"
 
 
+# torch.compile modes (xkd.models.transformer.COMPILE_MODES), "none" for eager
+CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, schedules and run control for `xkd pretrain` (docs/method.md §Schedules, §Training step).
@@ -164,6 +168,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every_steps: int = 10
     max_nonfinite_in_a_row: int = 5  # a non-finite loss skips its step; this many in a row stop the run
+    # torch.compile of every transformer block, students and teachers (xkd.models.compile_blocks): a
+    # torch.compile mode, or "none". Not with ZeRO-3, whose parameter hooks compiled blocks would skip.
+    compile: CompileMode = "none"
     # kNN monitor (xkd/train/knn_monitor.py), off at 0: every this many epochs, the teachers' pooled
     # features of knn_train_shards and knn_test_shards (evaluation shard sets, labelled), weighted cosine
     # kNN top-1 per modality into metrics.jsonl and TensorBoard

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from dali_pipelines.config import DataConfig
-from xkd.config import CONFIG_DIR, ConfigError, apply_override, from_dict, read_yaml_tree
+from xkd.config import CONFIG_DIR, CompileMode, ConfigError, apply_override, from_dict, read_yaml_tree
 
 FINETUNE_CONFIG_DIR = CONFIG_DIR / "finetune"
 
@@ -78,6 +78,8 @@ class FinetuneTrainConfig:
     keep_checkpoints: int = 3
     log_every_steps: int = 10
     max_nonfinite_in_a_row: int = 5
+    # torch.compile of the encoder's blocks (xkd.models.compile_blocks), or "none"; not with ZeRO-3
+    compile: CompileMode = "none"
     eval_every_epochs: int = 1  # validation on --val after every this many epochs (and after the last)
     val_clips: int = 1  # clips per video in the validation; the final test uses data.eval_clips x eval_crops
     val_crops: int = 1

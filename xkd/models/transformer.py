@@ -7,12 +7,15 @@ Parameter names are timm's, which are the authors' (`norm1`, `attn.qkv`, `attn.p
 """
 from __future__ import annotations
 
+import typing
 from contextlib import contextmanager
 
 import torch
 from timm.layers import Attention as TimmAttention
 from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
+
+from xkd.config import CompileMode
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -84,6 +87,12 @@ class Block(TimmBlock):
     def forward(self, x: torch.Tensor, return_cls_attention: bool = False):
         if not return_cls_attention:
             return super().forward(x)
+        return self._forward_recording_cls_attention(x)
+
+    # Forward hooks registered inside a compiled region never fire: when the block is compiled
+    # (`compile_blocks`), this path runs eagerly (a graph break), the plain one compiled.
+    @torch.compiler.disable
+    def _forward_recording_cls_attention(self, x: torch.Tensor):
         with self.attn.recording_cls_attention() as rows:
             x = super().forward(x)
         return x, rows[0]
@@ -128,3 +137,30 @@ def set_fused_attention(module: nn.Module, enabled: bool) -> None:
     for layer in module.modules():
         if isinstance(layer, Attention):
             layer.fused = enabled
+
+
+COMPILE_MODES = typing.get_args(CompileMode)
+
+
+def compile_blocks(module: nn.Module, mode: str = "default") -> int:
+    """Compile every transformer block under `module` in place with torch.compile (`mode`: one of
+    COMPILE_MODES; "none" leaves them eager). Returns how many blocks were compiled.
+
+    Why blocks: a ViT-B step runs thousands of small kernels (norms, GELU, residual adds, casts), and
+    compiling each block fuses them; the rest of the step (masking, losses, EMA) stays eager. In place
+    (`Module.compile`), so parameter names, checkpoints and exported backbones are unchanged.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r} (expected one of {', '.join(COMPILE_MODES)})")
+    if mode == "none":
+        return 0
+    blocks = [layer for layer in module.modules() if isinstance(layer, Block)]
+    # Every compiled module shares one compiled function (Module._call_impl), specialised per block
+    # shape, drop-path rate, train/eval and grad mode: past torch's recompile limit (8) the remaining
+    # blocks would quietly run eagerly, so allow a few specialisations per block.
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(blocks))
+    for block in blocks:
+        block.compile(mode=None if mode == "default" else mode)
+    return len(blocks)

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from xkd.config import to_dict
+from xkd.models.transformer import compile_blocks
 from xkd.train.checkpoint import CheckpointManager, complete_tags, find_checkpoint, read_marker
 from xkd.train.distributed import Process, all_max, all_mean
 from xkd.train.ds_config import deepspeed_config, precision, zero_stage
@@ -69,7 +70,8 @@ class DeepSpeedLoop:
 
     A subclass provides, before this constructor's work needs them:
       _make_data(shards) -> (batch source, shards left out)  (the interface of `xkd.train.data`)
-      _build_model() -> (the module DeepSpeed trains, its optimizer parameter groups)
+      _build_model() -> (the module DeepSpeed trains, its optimizer parameter groups), the whole model
+        (for pretraining: students and teachers) in `self.model`
       _make_schedules() -> an object with len() and at(step) -> {"lr": ..., ...}
       _make_state() -> the run state a checkpoint holds (`xkd.train.state.TrainingState`'s interface)
       _check_checkpoint(folder, marker): refuse (RunRefused) a checkpoint this run cannot continue
@@ -112,6 +114,10 @@ class DeepSpeedLoop:
 
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         module, groups = self._build_model()
+        if train.compile != "none" and self.zero3:
+            raise RunRefused(f"train.compile={train.compile} with ZeRO-3 ({deepspeed_config_path}): ZeRO-3 gathers "
+                             "parameters in hooks that compiled blocks would skip; use ZeRO-2 or train.compile=none")
+        self.compiled_blocks = compile_blocks(self.model, train.compile)
         optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(train.betas), eps=train.eps,
                                       fused=self.device.type == "cuda")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -281,7 +287,8 @@ class DeepSpeedLoop:
         else:
             self.log.event(self.state.step, "started", world_size=self.process.world_size, precision=self.precision,
                            zero_stage=zero_stage(self.ds_config), total_batch=self.total_batch,
-                           iters_per_epoch=self.iters_per_epoch, last_step=self.last_step)
+                           iters_per_epoch=self.iters_per_epoch, last_step=self.last_step,
+                           compile=self.cfg.train.compile, compiled_blocks=self.compiled_blocks)
         for problem in self.left_out_shards:
             self.log.event(self.state.step, "shard_left_out", reason=problem)
         previous = signal.signal(signal.SIGTERM, self._on_signal)
