@@ -168,6 +168,12 @@ def top_kernels(step, batch, device: torch.device, steps: int = 3, rows: int = 1
         for _ in range(steps):
             step(batch)
         synchronize(device)
+    return kernel_summary(prof, steps, rows)
+
+
+def kernel_summary(prof, steps: int, rows: int = 15) -> list[dict]:
+    """The `rows` GPU kernels of a finished profile with the most device time, per step of `steps`,
+    then the kernel count and the GPU's busy time per step (also printed as torch's table)."""
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events) or 1.0
     events.sort(key=lambda e: -e.self_device_time_total)

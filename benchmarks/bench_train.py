@@ -121,6 +121,51 @@ def measure(cfg, shards: str, process, ds_path: str, warmup: int, one_batch: boo
     return result
 
 
+def profile_phases(cfg, shards: str, process, ds_path: str, warmup: int, steps: int) -> dict:
+    """Where the loop's model-only step goes: a third model-only run under torch.profiler, `steps`
+    steps after `warmup`, read by the loop's named phases (`xkd.forward`, `xkd.backward`, ...;
+    xkd/train/run_loop.py `phase`). Per phase and step: host_ms, the CPU time inside the phase (on a
+    GPU: launching kernels, and waiting wherever the phase syncs), and on a GPU device_ms, the GPU
+    time of the kernels it launched; with step_ms, the wall time of a whole step."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from xkd.train.loop import Trainer
+
+    class ProfiledTrainer(Trainer):
+        def _step(self, batch, epoch: int):
+            profiler.step()  # a profiler step is one loop step, bookkeeping and the next batch included
+            return super()._step(batch, epoch)
+
+    on_gpu = process.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    cfg = replace(cfg, train=replace(cfg.train, max_steps=warmup + steps + 1))  # + the profiler's warm-up step
+    with tempfile.TemporaryDirectory(prefix="bench-train-profile-") as run_dir, \
+            profile(activities=activities, schedule=schedule(wait=warmup, warmup=1, active=steps, repeat=1), acc_events=True) as profiler:
+        trainer = ProfiledTrainer(cfg, shards, run_dir, process, ds_path, quiet=True)
+        trainer.data = RepeatedBatch(next(iter(trainer.data)), len(trainer.data))
+        trainer.run()
+    # the host-side ranges (on a GPU the profiler also lists each range's span on the device timeline)
+    averages = {e.key: e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CPU}
+    step_ms = sum(e.cpu_time_total for key, e in averages.items() if key.startswith("ProfilerStep")) / 1e3 / steps
+    phases = {}
+    for key, e in sorted(averages.items(), key=lambda item: -item[1].cpu_time_total):
+        if key.startswith("xkd."):
+            phases[key[4:]] = {"host_ms": round(e.cpu_time_total / 1e3 / steps, 3),
+                               **({"device_ms": round(e.device_time_total / 1e3 / steps, 3)} if on_gpu else {})}
+    print(f"profile of {steps} model-only steps: {step_ms:.1f} ms/step; per phase (host ms"
+          f"{', device ms' if on_gpu else ''}): "
+          + ", ".join(f"{name} {v['host_ms']:.1f}" + (f"/{v['device_ms']:.1f}" if on_gpu else "")
+                      for name, v in phases.items()), flush=True)
+    out = {"steps": steps, "step_ms": round(step_ms, 3), "phases": phases}
+    if on_gpu:
+        from benchmarks.bench_model import kernel_summary
+
+        out["top_kernels"] = kernel_summary(profiler, steps)
+    del trainer
+    gc.collect()
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="xkd_tiny", help="preset name or YAML file (default: xkd_tiny)")
@@ -134,6 +179,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set data.num_threads=8 (repeatable)")
     parser.add_argument("--loader", default="dali", choices=["dali", "reference"])
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="then profile this many model-only steps: time per phase of the step, and on a "
+                             "GPU the largest kernels (default: 0, no profile)")
     parser.add_argument("--out", default=None, help="also write the JSON here (default on CUDA: benchmarks/results/)")
     args = parser.parse_args(argv)
 
@@ -159,6 +207,7 @@ def main(argv=None) -> int:
         runs[name] = measure(cfg, shards, process, ds_path, warmup, one_batch)
         print(f"{name:10s} {runs[name]['clips_per_s']:8.2f} clips/s per process  {runs[name]['step_ms']:8.1f} ms/step"
               f"  data wait {runs[name]['data_wait_fraction']:.1%}", flush=True)
+    profiled = profile_phases(cfg, shards, process, ds_path, warmup, args.profile) if args.profile else None
     scratch.cleanup()
     e2e, model_only = runs["e2e"], runs["model_only"]
     if e2e["epochs_in_timed_steps"] > 1:
@@ -185,6 +234,7 @@ def main(argv=None) -> int:
         "shards": args.shards or f"{args.clips} clips of 6 s (bench_pipeline), shards repeated",
         "e2e_peak_rss_mib": round(e2e["rss_mib"], 1),
         **({"e2e_gpu_peak_mib": round(e2e["gpu_peak_mib"], 1)} if on_gpu else {}),
+        **({"model_only_profile": profiled} if profiled else {}),
         "goal": GOAL,
         "command": shlex.join(["python", *sys.argv]),
         "date": datetime.date.today().isoformat(),

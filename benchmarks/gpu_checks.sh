@@ -9,7 +9,8 @@
 #   bash benchmarks/gpu_checks.sh stages     # CPU ms per sample of each pipeline stage on this host's cores
 #   bash benchmarks/gpu_checks.sh model      # one XKD step with ViT-B in bf16 at 32 and 128 clips: TFLOP/s, share
 #                                            # of the bf16 matrix-product peak (goal: half), largest kernels
-#   bash benchmarks/gpu_checks.sh train      # the whole loop, ViT-B, ZeRO-2 bf16: end to end vs model only (goal: 90%)
+#   bash benchmarks/gpu_checks.sh train      # the whole loop, ViT-B, ZeRO-2 bf16: end to end vs model only (goal: 90%),
+#                                            # and where a model-only step's time goes (the loop's phases, kernels)
 #   bash benchmarks/gpu_checks.sh compiled   # the model step and the whole loop again with every transformer block
 #                                            # compiled (train.compile=default): fewer, fused kernels
 #   bash benchmarks/gpu_checks.sh bench      # `xkd bench --quick` with ViT-B: every stage on the GPU, once, with
@@ -68,12 +69,12 @@ for stage in "${stages[@]}"; do
       run_stage model_b128 "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 128 \
         --out "benchmarks/results/bench_model_base_b128_$gpu_file.json" ;;
     train) run_stage train "$python" benchmarks/bench_train.py --config xkd_base \
-      --deepspeed-config zero2.json ;;
+      --deepspeed-config zero2.json --profile 10 ;;
     compiled)
       run_stage model_compiled "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 32 \
         --compile default --profile
       run_stage train_compiled "$python" benchmarks/bench_train.py --config xkd_base --deepspeed-config zero2.json \
-        --set train.compile=default ;;
+        --set train.compile=default --profile 10 ;;
     bench) run_stage bench "$python" -m xkd bench --device cuda --preset base --quick --repeats 2 \
       --out "${OUT:-${TMPDIR:-/tmp}}/bench_quick" ;;
     finetune) run_stage finetune "$python" benchmarks/bench_finetune.py --backbone-preset xkd_base \

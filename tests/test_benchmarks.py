@@ -35,8 +35,9 @@ CASES = {
                       {"features_clips_per_s", "features_videos_per_s", "device", "preset"}),
     "bench_finetune.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2"],
                           {"clips_per_s", "step_ms", "device", "preset", "backbone_preset"}),
-    "bench_train.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2"],
-                       {"e2e_clips_per_s", "model_only_clips_per_s", "data_wait_fraction", "device", "preset"}),
+    "bench_train.py": (["--clips", "4", "--steps", "2", "--warmup", "1", "--batch-size", "2", "--profile", "2"],
+                       {"e2e_clips_per_s", "model_only_clips_per_s", "data_wait_fraction", "device", "preset",
+                        "model_only_profile"}),
 }
 
 
@@ -50,6 +51,13 @@ def test_benchmark_prints_its_json_last(script):
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert keys <= set(last), sorted(keys - set(last))
     assert all(last[k] > 0 for k in keys if isinstance(last[k], (int, float)))
+    if script == "bench_train.py":  # the profiled steps, split into the loop's phases
+        profile = last["model_only_profile"]
+        phases = {name: times["host_ms"] for name, times in profile["phases"].items()}
+        assert {"to_device", "forward", "loss_check", "backward", "gradient_check", "optimizer_step", "after_step",
+                "bookkeeping"} == set(phases)
+        assert phases["forward"] > 0 and phases["backward"] > 0
+        assert sum(phases.values()) <= profile["step_ms"] * 1.01  # the phases do not overlap
 
 
 

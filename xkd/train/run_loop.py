@@ -32,6 +32,12 @@ from xkd.train.metrics import MetricsLog, MetricsWindow, memory_mib
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def phase(name: str):
+    """A named range of the step ("xkd.forward", ...) for torch.profiler: a profile of a run then says
+    where each step's time goes (`benchmarks/bench_train.py --profile`); next to free without one."""
+    return torch.profiler.record_function(f"xkd.{name}")
+
+
 class RunRefused(RuntimeError):
     """The run cannot start as asked (the message says why and what to do)."""
 
@@ -257,17 +263,19 @@ class DeepSpeedLoop:
         self._set_hyperparameters(values)
         train = self.cfg.train
         per_parameter = train.clip_grad > 0 and train.clip_mode == "per_parameter"
-        check = check_and_clip(self.trainable_params, self.clip_flags if per_parameter else None, train.clip_grad,
-                               loss_scale(self.engine))
+        with phase("gradient_check"):
+            check = check_and_clip(self.trainable_params, self.clip_flags if per_parameter else None,
+                                   train.clip_grad, loss_scale(self.engine))
         if self.gradient_layout is None:
             self.gradient_layout = check.layout
             self.log.event(self.state.step, "gradients", layout=check.layout, parameters=len(self.trainable_params))
         # fp16: DeepSpeed finds the overflow itself and lowers the loss scale (was_step_applied is False)
         skip = not check.finite and self.precision != "fp16"
-        with optimizer_step_skipped(self.base_optimizer) if skip else nullcontext():
+        with optimizer_step_skipped(self.base_optimizer) if skip else nullcontext(), phase("optimizer_step"):
             self.engine.step()
         if self.engine.was_step_applied() and not skip:
-            self._after_step_applied(values)
+            with phase("after_step"):
+                self._after_step_applied(values)
         else:
             self._after_step_not_applied()
         return not skip
@@ -316,7 +324,10 @@ class DeepSpeedLoop:
         while self.state.step < self.last_step and self.data.epoch < self.cfg.train.epochs:
             epoch = self.data.epoch
             for batch in self._timed(self.data):
-                if self._after_step(self._step(batch, epoch), epoch, bar):
+                result = self._step(batch, epoch)
+                with phase("bookkeeping"):  # metrics, logs, checkpoints, scheduled work
+                    stop = self._after_step(result, epoch, bar)
+                if stop:
                     return "stopped"
                 if self.state.step >= self.last_step:
                     break
@@ -335,18 +346,22 @@ class DeepSpeedLoop:
         """Forward; one all-reduce that tells every rank whether any rank saw a non-finite loss or a stop
         signal (so all skip or stop together), with the loss terms in the same transfer to the host;
         then backward and, at an accumulation boundary, the optimiser step."""
-        batch = self._on_device(batch)
-        losses = self._forward(batch, epoch)
-        stop_flag = torch.tensor(float(bool(self.stop_signal)), device=self.device)
-        flags_and_terms = torch.stack([(~torch.isfinite(losses["loss"])).float(), stop_flag,
-                                       *(v.detach().float() for v in losses.values())])
-        all_max(flags_and_terms[:2])
-        nonfinite, stop, *terms = flags_and_terms.tolist()
+        with phase("to_device"):
+            batch = self._on_device(batch)
+        with phase("forward"):
+            losses = self._forward(batch, epoch)
+        with phase("loss_check"):  # waits for the forward to finish: the step's first device sync
+            stop_flag = torch.tensor(float(bool(self.stop_signal)), device=self.device)
+            flags_and_terms = torch.stack([(~torch.isfinite(losses["loss"])).float(), stop_flag,
+                                           *(v.detach().float() for v in losses.values())])
+            all_max(flags_and_terms[:2])
+            nonfinite, stop, *terms = flags_and_terms.tolist()
         if nonfinite:
             bad = sorted(k for k, v in losses.items() if not torch.isfinite(v).all())
             return StepResult(bool(stop), skipped="nonfinite_loss_skipped", bad=bad or ["on another rank"])
-        self.engine.backward(losses["loss"])
-        self._after_backward()
+        with phase("backward"):
+            self.engine.backward(losses["loss"])
+            self._after_backward()
         result = StepResult(bool(stop), terms=dict(zip(losses, terms)),
                             clips=len(batch) * self.process.world_size)
         if not self.engine.is_gradient_accumulation_boundary():
