@@ -72,3 +72,20 @@ def test_unknown_compile_modes_are_refused():
     stack = make_block_stack(dim=16, depth=1, num_heads=2)
     assert compile_blocks(stack, "none") == 0
     assert not hasattr(stack[0], "_compiled_call_impl") or stack[0]._compiled_call_impl is None
+
+
+@pytest.mark.gpu
+def test_compiled_blocks_on_a_gpu_match_eager_in_bf16():
+    """Inductor's GPU kernels (Triton), under bf16 autocast as training runs them."""
+    torch.manual_seed(0)
+    eager = make_block_stack(dim=64, depth=2, num_heads=4).cuda()
+    compiled = copy.deepcopy(eager)
+    compile_blocks(compiled, "default")
+    x = torch.randn(4, 33, 64, device="cuda")
+    inputs = [x.clone().requires_grad_(True) for _ in range(2)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        outputs = [run_blocks(stack, tokens) for stack, tokens in zip((eager, compiled), inputs)]
+    torch.testing.assert_close(outputs[1].float(), outputs[0].float(), rtol=2e-2, atol=2e-2)
+    for out in outputs:
+        out.float().square().sum().backward()
+    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, rtol=5e-2, atol=5e-2)
