@@ -229,7 +229,8 @@ def main(argv=None) -> int:
         "e2e_step_ms": round(e2e["step_ms"], 2), "model_only_step_ms": round(model_only["step_ms"], 2),
         "device": device, "preset": cfg.name, "variant": cfg.model.variant, "batch_size": batch_size,
         "world_size": process.world_size, "zero_stage": e2e["zero_stage"], "precision": e2e["precision"],
-        "deepspeed_config": Path(ds_path).name, "compile": cfg.train.compile, "loader": args.loader, "data_threads": cfg.data.num_threads,
+        "deepspeed_config": Path(ds_path).name, "compile": cfg.train.compile, "loader": args.loader,
+        "pipelines_per_device": cfg.data.pipelines_per_device, "data_threads": cfg.data.num_threads,
         "warmup_steps": warmup, "timed_steps": steps, "epochs_in_timed_steps": e2e["epochs_in_timed_steps"],
         "shards": args.shards or f"{args.clips} clips of 6 s (bench_pipeline), shards repeated",
         "e2e_peak_rss_mib": round(e2e["rss_mib"], 1),
@@ -241,7 +242,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "deepspeed": deepspeed.__version__, "dali": nvidia.dali.__version__,
     }
     compiled = "" if cfg.train.compile == "none" else f"_compiled_{cfg.train.compile}"
-    report(result, args.out, device if on_gpu else None, stem=f"train_{cfg.name}{compiled}")
+    parts = "" if cfg.data.pipelines_per_device == 1 else f"_{cfg.data.pipelines_per_device}pipelines"
+    report(result, args.out, device if on_gpu else None, stem=f"train_{cfg.name}{compiled}{parts}")
     return 0
 
 

@@ -10,7 +10,8 @@
 #   bash benchmarks/gpu_checks.sh model      # one XKD step with ViT-B in bf16 at 32 and 128 clips: TFLOP/s, share
 #                                            # of the bf16 matrix-product peak (goal: half), largest kernels
 #   bash benchmarks/gpu_checks.sh train      # the whole loop, ViT-B, ZeRO-2 bf16: end to end vs model only (goal: 90%),
-#                                            # and where a model-only step's time goes (the loop's phases, kernels)
+#                                            # and where a model-only step's time goes (the loop's phases, kernels);
+#                                            # then end to end with 4 DALI pipelines feeding the GPU
 #   bash benchmarks/gpu_checks.sh compiled   # the model step and the whole loop again with every transformer block
 #                                            # compiled (train.compile=default): fewer, fused kernels
 #   bash benchmarks/gpu_checks.sh bench      # `xkd bench --quick` with ViT-B: every stage on the GPU, once, with
@@ -68,8 +69,10 @@ for stage in "${stages[@]}"; do
       run_stage model "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 32 --profile
       run_stage model_b128 "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 128 \
         --out "benchmarks/results/bench_model_base_b128_$gpu_file.json" ;;
-    train) run_stage train "$python" benchmarks/bench_train.py --config xkd_base \
-      --deepspeed-config zero2.json --profile 10 ;;
+    train)
+      run_stage train "$python" benchmarks/bench_train.py --config xkd_base --deepspeed-config zero2.json --profile 10
+      run_stage train_4pipelines "$python" benchmarks/bench_train.py --config xkd_base --deepspeed-config zero2.json \
+        --set data.pipelines_per_device=4 --set data.num_threads=16 ;;
     compiled)
       run_stage model_compiled "$python" benchmarks/bench_model.py --preset base --variants xkd --batch-size 32 \
         --compile default --profile

@@ -87,7 +87,12 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     shuffle_buffer: int = 1024  # samples DALI shuffles among (shards are pre-shuffled across)
     batch_size: int = 32  # per GPU / per process
-    num_threads: int = 4  # DALI CPU threads per pipeline (the views' dtype is the loader's argument)
+    # DALI CPU threads per process, split between its pipelines (the views' dtype is the loader's argument)
+    num_threads: int = 4
+    # Training pipelines per process (pretraining and fine-tuning), each making batch_size / this of
+    # every batch from its own part of the samples: several keep more of a GPU's video decoders
+    # (NVDEC) busy at once
+    pipelines_per_device: int = 1
     # evaluation
     eval_clips: int = 10  # clips spread uniformly over each video (and its audio)
     eval_crops: int = 1  # 1 (centre) or 3 (left/centre/right along the long side)
@@ -95,6 +100,18 @@ class DataConfig:
 
     # The clip geometry derived from the fields above: the one place the pipelines, the reference
     # loader and the synthetic batches compute it (`xkd.config.load_config` checks the model against it).
+
+    def pipeline_parts(self, drop_last: bool = True) -> int:
+        """pipelines_per_device, once it is known to split every batch into whole, equal parts
+        (ValueError otherwise)."""
+        parts = self.pipelines_per_device
+        if parts < 1 or self.batch_size % parts:
+            raise ValueError(f"data.pipelines_per_device={parts} must be at least 1 and divide "
+                             f"data.batch_size={self.batch_size}")
+        if parts > 1 and not drop_last:
+            raise ValueError(f"data.pipelines_per_device={parts} needs whole batches (drop_last): the pipelines' "
+                             "last, partial batches would not line up")
+        return parts
 
     @property
     def clip_frames(self) -> int:

@@ -42,13 +42,29 @@ def parse_meta(meta: torch.Tensor) -> tuple[list[str], torch.Tensor, list[tuple[
     return keys, torch.tensor(labels, dtype=torch.int64), label_sets
 
 
+def join_parts(parts: list[dict]) -> dict:
+    """One batch from the outputs of several pipelines (each a part of it), in pipeline order. The
+    zero-padded JSON rows are padded to the widest before they are stacked."""
+    if len(parts) == 1:
+        return parts[0]
+    joined = {}
+    for name in parts[0]:
+        tensors = [part[name] for part in parts]
+        if name == "meta":
+            width = max(t.shape[1] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors]
+        joined[name] = torch.cat(tensors)
+    return joined
+
+
 class PipelineEpochs(EpochStream):
     """TrainingBatches by epoch from DALI pipelines. With `drop_last`, every rank yields the same number
     of batches (that of the smallest rank share), as DDP/DeepSpeed need; without it an epoch is one
     pass over the rank's share, the last batch possibly smaller.
 
-    `pipeline_factory(excluded, epoch)` builds the pipeline of `epoch` without the (tar, key) samples
-    in `excluded`; its seed and rank share depend only on the epoch, so an epoch can be replayed to
+    `pipeline_factory(excluded, epoch)` builds the pipelines of `epoch` (a list: one, or several that
+    each make a part of every batch) without the (tar, key) samples in `excluded`; their seeds and
+    rank shares depend only on the epoch, so an epoch can be replayed to
     resume in its middle (see `EpochStream`). Each epoch gets a fresh pipeline, which decodes only the
     batches its epoch reads (`BoundedIterator`); the heap the previous one freed goes back to the
     system before the next is built (`release_free_heap`), so rebuilds cost little time and no memory.
@@ -67,7 +83,7 @@ class PipelineEpochs(EpochStream):
         self._policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
         self._excluded: set[tuple[str, str]] = set()
         self._unreported: list[str] = []
-        self._dali = self._pipeline = None
+        self._dali, self._pipelines = None, []
         # epoch 0's pipeline right away: it tells len() when there is no count, and a bad first sample shows early
         self._dali = self._start(0, batches_per_epoch)
         self._ready_for = (0, batches_per_epoch)  # (epoch, runs) the unread pipeline was built for
@@ -80,17 +96,17 @@ class PipelineEpochs(EpochStream):
         (None: read on until stopped)."""
         while True:
             try:  # the iterator runs the first batch right away
-                pipeline = self._factory(frozenset(self._excluded), epoch)
-                self._pipeline = weakref.ref(pipeline)
-                return BoundedIterator([pipeline], self.names, runs, reader_name=READER, auto_reset=True,
+                pipelines = self._factory(frozenset(self._excluded), epoch)
+                self._pipelines = [weakref.ref(pipeline) for pipeline in pipelines]
+                return BoundedIterator(pipelines, self.names, runs, reader_name=READER, auto_reset=True,
                                        last_batch_policy=self._policy)
             except RuntimeError as error:
                 self._record(error)
 
     def _drop_pipeline(self) -> None:
         """Stop the current pipeline and free its threads and buffers before the next is built."""
-        self._dali = None  # the pipeline shuts down here, unless a cycle (a traceback) still holds it
-        if self._pipeline is not None and self._pipeline() is not None:
+        self._dali = None  # the pipelines shut down here, unless a cycle (a traceback) still holds one
+        if any(pipeline() is not None for pipeline in self._pipelines):
             gc.collect()
         release_free_heap()
 
@@ -113,7 +129,7 @@ class PipelineEpochs(EpochStream):
         self._ready_for = None
         while True:
             try:
-                yield next(self._dali)[0]
+                yield join_parts(next(self._dali))
             except StopIteration:
                 if windowed and total is not None:
                     continue  # the rebuilt stream's pass ended: go on filling this epoch

@@ -12,6 +12,7 @@ Epochs, resume mid-epoch and left-out samples are `PipelineEpochs`' (dali_pipeli
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 
 import nvidia.dali.math as dmath
 import torch
@@ -20,7 +21,7 @@ from nvidia.dali import fn, pipeline_def, types
 from dali_pipelines.batch import LabelledBatch
 from dali_pipelines.config import DataConfig
 from dali_pipelines.iterator import PipelineEpochs, parse_meta
-from dali_pipelines.loader import _device_index, epoch_seed
+from dali_pipelines.loader import _device_index, build_parts
 from dali_pipelines.ops import audio_view, output_type, padded_json, random_index, torch_cast, video_view
 from dali_pipelines.pretrain import READER, decode_clip, decode_waveform
 from dali_pipelines.shardset import ShardSet
@@ -90,14 +91,12 @@ def labelled_loader(shards: str | ShardSet, cfg: DataConfig, modality: str, *, r
     device_id = _device_index(device)
     scratch = tempfile.mkdtemp(prefix="xkd-skip-") if skip_bad else None
 
+    parts = cfg.pipeline_parts()
+
     def build(excluded, epoch):
         current = shards.without(excluded, scratch) if excluded else shards
-        pipeline = labelled_pipeline(current, cfg, modality, rand_augment, shard_id=(rank + epoch) % world_size,
-                                     num_shards=world_size, gpu=device_id is not None, batch_size=cfg.batch_size,
-                                     num_threads=cfg.num_threads, device_id=device_id,
-                                     seed=epoch_seed(seed, rank, epoch), prefetch_queue_depth=2, dtype=dtype)
-        pipeline.build()
-        return pipeline
+        return build_parts(partial(labelled_pipeline, current, cfg, modality, rand_augment), cfg, rank=rank,
+                           world_size=world_size, epoch=epoch, seed=seed, device_id=device_id, dtype=dtype)
 
-    batches = shards.batches_per_rank(world_size, cfg.batch_size)
+    batches = shards.batches_per_rank(world_size * parts, cfg.batch_size // parts)
     return LabelledEpochs(build, ["clips", "meta"], batches, True, torch_cast(dtype), skip_bad)

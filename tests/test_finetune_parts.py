@@ -1,6 +1,7 @@
 """The pieces of `xkd finetune` on their own (no DeepSpeed): the presets, the layer-wise LR, the
 mixed targets, the masking, the position table at another input size, the classifier files, the
 label checks and the schedules; the labelled pipeline's batches."""
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -219,3 +220,10 @@ def test_the_labelled_pipeline_gives_one_augmented_clip_per_sample_with_its_labe
     assert sorted(k for b in batches for k in b.key) == sorted(set(k for b in batches for k in b.key))
     again = [b.clips for b in labelled_loader(str(shards), cfg.data, modality, rand_augment=(2, 7), seed=4)]
     assert all(torch.equal(a, b.clips) for a, b in zip(again, batches))  # seeded by (seed, rank, epoch)
+
+    # two pipelines, each making half of every batch from its half of the samples; labels stay with their clips
+    parted = list(labelled_loader(str(shards), replace(cfg.data, pipelines_per_device=2), modality, seed=4))
+    assert len(parted) == 2 and all(b.clips.shape == shape for b in parted)
+    for batch in parted:
+        assert [names[i] for i in batch.label.tolist()] == [k.split("__")[0] for k in batch.key]
+    assert sorted(k for b in parted for k in b.key) == sorted(k for b in batches for k in b.key)

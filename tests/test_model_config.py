@@ -135,6 +135,14 @@ def test_a_model_that_contradicts_the_data_section_is_refused_naming_both_values
         load_config("xkd_tiny", [override])
 
 
+def test_pipelines_per_device_must_split_the_batch():
+    assert load_config("xkd_tiny", ["data.batch_size=4", "data.pipelines_per_device=2"]).data.pipeline_parts() == 2
+    for parts in ("3", "0"):
+        with pytest.raises(ConfigError, match=f"data.pipelines_per_device={parts} must be at least 1 and divide "
+                                              "data.batch_size=4"):
+            load_config("xkd_tiny", ["data.batch_size=4", f"data.pipelines_per_device={parts}"])
+
+
 def test_a_partial_view_override_keeps_the_views_other_defaults():
     local = load_config("xkd_tiny", ["data.local_video.frames=4"]).data.local_video
     assert (local.frames, local.size, local.crop_area, local.blur_prob) == (4, 96, [0.08, 0.4], 0.5)

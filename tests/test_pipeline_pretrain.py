@@ -121,6 +121,40 @@ def test_ranks_share_every_sample_once_per_epoch(vp9_shards):
     assert lengths == [1, 1]
 
 
+def test_several_pipelines_per_device_make_each_batch_from_their_parts_of_the_share(vp9_shards):
+    """data.pipelines_per_device: each batch joins one part-batch of every pipeline; the parts split the
+    rank's own share (the same samples as one pipeline reads), each sample once per epoch; an epoch
+    replays exactly for a resume."""
+    two = config(batch_size=4, pipelines_per_device=2)
+    loader = pretrain_loader(str(vp9_shards), two)
+    epoch = list(loader)
+    assert len(epoch) == len(loader) == 2  # 5 samples a part: 2 batches of 2 from each
+    keys = [k for batch in epoch for k in batch.key]
+    assert len(keys) == len(set(keys)) == 8
+    for batch in epoch:
+        assert batch.video[0].shape[0] == batch.audio[0].shape[0] == batch.label.shape[0] == 4
+    for rank in range(2):  # with two ranks: a rank's parts stay inside the share one pipeline would read
+        share = {k for batch in pretrain_loader(str(vp9_shards), config(), rank=rank, world_size=2, drop_last=False)
+                 for k in batch.key}
+        parted = [k for batch in pretrain_loader(str(vp9_shards), config(pipelines_per_device=2), rank=rank,
+                                                 world_size=2) for k in batch.key]
+        assert len(parted) == len(set(parted)) == 4 and set(parted) <= share
+
+    resumed = pretrain_loader(str(vp9_shards), two)
+    resumed.load_state_dict({"epoch": 0, "batch": 1})
+    (second,) = list(resumed)
+    assert second.key == epoch[1].key
+    for a, b in zip(second.video + second.audio, epoch[1].video + epoch[1].audio):
+        assert torch.equal(a, b)
+
+
+def test_pipelines_per_device_that_cannot_split_the_batch_are_refused(vp9_shards):
+    with pytest.raises(ValueError, match="pipelines_per_device=3 must be at least 1 and divide data.batch_size=4"):
+        pretrain_loader(str(vp9_shards), config(batch_size=4, pipelines_per_device=3))
+    with pytest.raises(ValueError, match="needs whole batches"):
+        pretrain_loader(str(vp9_shards), config(pipelines_per_device=2), drop_last=False)
+
+
 def test_epochs_come_in_a_new_order(vp9_shards):
     loader = pretrain_loader(str(vp9_shards), config(), drop_last=False)
     first = [k for batch in loader for k in batch.key]

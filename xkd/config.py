@@ -347,7 +347,15 @@ def load_config(name_or_path: str | Path = "xkd_base", overrides: Optional[list[
         data = apply_override(data, override)
     cfg = from_dict(ExperimentConfig, data)
     check_geometry(cfg.model, cfg.data)
+    check_pipeline_parts(cfg.data)
     return cfg
+
+
+def check_pipeline_parts(data: DataConfig) -> None:
+    try:
+        data.pipeline_parts()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from dali_pipelines.config import DataConfig
-from xkd.config import CONFIG_DIR, CompileMode, ConfigError, apply_override, from_dict, read_yaml_tree
+from xkd.config import (CONFIG_DIR, CompileMode, ConfigError, apply_override, check_pipeline_parts, from_dict,
+                        read_yaml_tree)
 
 FINETUNE_CONFIG_DIR = CONFIG_DIR / "finetune"
 
@@ -113,6 +114,7 @@ def load_finetune_config(name_or_path: str | Path, overrides: list[str] | None =
         data = apply_override(data, override)
     cfg = from_dict(FinetuneConfig, data)
     check_finetune_config(cfg)
+    check_pipeline_parts(cfg.data)
     return cfg
 
 
