@@ -139,8 +139,9 @@ def profile_phases(cfg, shards: str, process, ds_path: str, warmup: int, steps: 
     on_gpu = process.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     cfg = replace(cfg, train=replace(cfg.train, max_steps=warmup + steps + 1))  # + the profiler's warm-up step
+    window = schedule(wait=warmup, warmup=1, active=steps, repeat=1)
     with tempfile.TemporaryDirectory(prefix="bench-train-profile-") as run_dir, \
-            profile(activities=activities, schedule=schedule(wait=warmup, warmup=1, active=steps, repeat=1), acc_events=True) as profiler:
+            profile(activities=activities, schedule=window, acc_events=True) as profiler:
         trainer = ProfiledTrainer(cfg, shards, run_dir, process, ds_path, quiet=True)
         trainer.data = RepeatedBatch(next(iter(trainer.data)), len(trainer.data))
         trainer.run()

@@ -409,7 +409,8 @@ def test_compiled_blocks_train_as_the_eager_ones_do(train_shards, tmp_path):
     run_plain(*pretrain_args(train_shards, eager, *sets))
     run_plain(*pretrain_args(train_shards, compiled, *sets, "train.compile=default"))
     started = next(r for r in records(compiled) if r.get("event") == "started")
-    assert started["compile"] == "default" and started["compiled_blocks"] == 2 * (2 + 2 + 1)  # student, teacher, decoder
+    # both modalities: student encoder, teacher encoder, decoder (depths 2, 2, 1)
+    assert started["compile"] == "default" and started["compiled_blocks"] == 2 * (2 + 2 + 1)
     expected, got = losses(eager), losses(compiled)
     assert sorted(got) == sorted(expected) == [1, 2, 3] and expected[3] != expected[1]
     for step in expected:

@@ -5,5 +5,5 @@ from xkd.models.mae import MAEDecoder
 from xkd.models.transformer import COMPILE_MODES, Attention, Block, compile_blocks, set_fused_attention
 from xkd.models.xkd import XKD, XKDStudents, XKDTeachers, build_xkd
 
-__all__ = ["COMPILE_MODES", "Attention", "AudioViT", "Block", "DINOHead", "MAEDecoder", "VideoViT", "ViTEncoder", "XKD",
-           "XKDStudents", "XKDTeachers", "build_encoder", "build_xkd", "compile_blocks", "set_fused_attention"]
+__all__ = ["COMPILE_MODES", "Attention", "AudioViT", "Block", "DINOHead", "MAEDecoder", "VideoViT", "ViTEncoder",
+           "XKD", "XKDStudents", "XKDTeachers", "build_encoder", "build_xkd", "compile_blocks", "set_fused_attention"]

@@ -89,8 +89,9 @@ class Block(TimmBlock):
             return super().forward(x)
         return self._forward_recording_cls_attention(x)
 
-    # Forward hooks registered inside a compiled region never fire: when the block is compiled
-    # (`compile_blocks`), this path runs eagerly (a graph break), the plain one compiled.
+    # A hook registered while torch.compile traces the block is not reliably run (a compiled teacher
+    # block once gave no CLS row): when the block is compiled (`compile_blocks`), this path runs
+    # eagerly (a graph break) and only the plain one compiled.
     @torch.compiler.disable
     def _forward_recording_cls_attention(self, x: torch.Tensor):
         with self.attn.recording_cls_attention() as rows:
