@@ -251,6 +251,11 @@ def test_gpu_pipeline_decodes_with_nvdec_and_matches_the_contract(vp9_shards):
     assert [tuple(a.shape) for a in batch.audio] == [(2, 1, 80, 448), (2, 1, 80, 112)]
     assert all(t.is_cuda and t.dtype == torch.bfloat16 for t in batch.video + batch.audio)
 
+    # two pipelines on the one GPU, each decoding half of every batch with NVDEC
+    parted = list(pretrain_loader(str(vp9_shards), config(batch_size=4, pipelines_per_device=2), device="cuda:0"))
+    assert len(parted) == 2 and all(b.video[0].shape == (4, 3, 32, 112, 112) and b.video[0].is_cuda for b in parted)
+    assert len({k for b in parted for k in b.key}) == 8
+
 
 @pytest.mark.gpu
 def test_gpu_and_cpu_log_mel_agree(vp9_shards):
