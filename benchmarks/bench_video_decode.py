@@ -20,6 +20,7 @@ import shlex
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator  # noqa: E402
 from benchmarks.bench_pipeline import endless, make_shards, repeat_shards  # noqa: E402
 from benchmarks.report import report  # noqa: E402
 from dali_pipelines.config import DataConfig  # noqa: E402
+from dali_pipelines.loader import build_parts  # noqa: E402
 from dali_pipelines.pretrain import READER, decode_clip, output_names, pretrain_pipeline, read_shards  # noqa: E402
 from dali_pipelines.shardset import ShardSet  # noqa: E402
 
@@ -46,26 +48,21 @@ def decode_pipeline(shards: ShardSet, cfg: DataConfig, shard_id: int, num_shards
     return frames
 
 
-def build_iterator(what: str, shards: ShardSet, cfg: DataConfig, pipelines: int, device_id) -> DALIGenericIterator:
+def build_iterator(what: str, shards: ShardSet, cfg: DataConfig, device_id) -> DALIGenericIterator:
+    """cfg.pipelines_per_device pipelines, made as the training loaders make them (`build_parts`)."""
     make = decode_pipeline if what == "decode" else pretrain_pipeline
     names = ["frames"] if what == "decode" else output_names(cfg)
-    built = []
-    for index in range(pipelines):
-        pipeline = make(shards, cfg, shard_id=index, num_shards=pipelines, gpu=device_id is not None,
-                        batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id,
-                        seed=1234 + index, prefetch_queue_depth=2)
-        pipeline.build()
-        built.append(pipeline)
+    built = build_parts(partial(make, shards, cfg), cfg, rank=0, world_size=1, epoch=0, seed=1234,
+                        device_id=device_id)
     return DALIGenericIterator(built, names, reader_name=READER, auto_reset=True,
                                last_batch_policy=LastBatchPolicy.DROP)
 
 
-def measure(what: str, shards: ShardSet, cfg: DataConfig, pipelines: int, device: torch.device,
-            warmup: int, batches: int) -> dict:
-    """One iterator step yields one batch from every pipeline: `pipelines * batch_size` clips."""
+def measure(what: str, shards: ShardSet, cfg: DataConfig, device: torch.device, warmup: int, batches: int) -> dict:
+    """One iterator step yields a part-batch from every pipeline: `cfg.batch_size` clips in all."""
     device_id = (device.index or 0) if device.type == "cuda" else None
     started = time.perf_counter()
-    stream = endless(build_iterator(what, shards, cfg, pipelines, device_id))
+    stream = endless(build_iterator(what, shards, cfg, device_id))
     next(stream)
     build_s = time.perf_counter() - started
     for _ in range(warmup):
@@ -78,7 +75,7 @@ def measure(what: str, shards: ShardSet, cfg: DataConfig, pipelines: int, device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
-    return {"clips_per_s": round(batches * pipelines * cfg.batch_size / seconds, 2), "build_s": round(build_s, 2)}
+    return {"clips_per_s": round(batches * cfg.batch_size / seconds, 2), "build_s": round(build_s, 2)}
 
 
 def main(argv=None) -> int:
@@ -113,8 +110,8 @@ def main(argv=None) -> int:
         for count in counts:
             if shards.samples // count < batch_size:
                 raise SystemExit(f"{shards.samples} clips cannot fill a batch of {batch_size} in each of {count} pipelines")
-            cfg = DataConfig(batch_size=batch_size, num_threads=max(1, args.threads // count))
-            results[f"{kind}_{count}"] = measure(kind, shards, cfg, count, device, warmup, batches)
+            cfg = DataConfig(batch_size=batch_size * count, num_threads=args.threads, pipelines_per_device=count)
+            results[f"{kind}_{count}"] = measure(kind, shards, cfg, device, warmup, batches)
             print(f"{kind:6s} {count} pipeline(s): {results[f'{kind}_{count}']}", flush=True)
     name = torch.cuda.get_device_name(device) if on_gpu else f"cpu ({os.cpu_count()} cores)"
     result = {
